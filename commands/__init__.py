@@ -1,0 +1,1 @@
+"""One module per subcommand; each defines `main` (installed as localai.commands)."""

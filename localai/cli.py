@@ -1,0 +1,137 @@
+"""The `localai` command: global options, error handling, and the subcommand table.
+
+Command modules import only typer and the standard library at the top, so
+`localai --help` stays instant; torch and friends load inside each command.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+import sys
+from typing import Optional
+
+import typer
+
+from localai import __version__
+from localai.errors import LocalaiError, UsageError
+from localai.settings import settings
+
+# name -> module under localai.commands; each module defines `main`, whose
+# docstring's first line is the one-line description in `localai --help`.
+COMMANDS: dict[str, str] = {
+}
+
+app = typer.Typer(
+    name="localai",
+    help="Local AI on one consumer GPU: download, quantize, generate, speak, benchmark.",
+    no_args_is_help=True,
+    add_completion=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _fail(message: str, code: int) -> None:
+    sys.stdout.flush()
+    sys.stderr.write(f"error: {message}\n")
+    sys.stderr.flush()
+    raise typer.Exit(code)
+
+
+def _describe_unexpected(exc: BaseException) -> Optional[str]:
+    """One line for failures that are the user's to fix but arrive as library exceptions."""
+    name = type(exc).__name__
+    if name == "OutOfMemoryError" or "out of memory" in str(exc).lower():
+        return "out of memory. Use a smaller --batch-size, a shorter context, a 4-bit model, or --device cpu"
+    if isinstance(exc, PermissionError):
+        return f"permission denied: {exc.filename or exc}. Choose a writable folder (LOCALAI_HOME, -o)"
+    if isinstance(exc, OSError) and exc.errno == 28:
+        return "no space left on device. Free some disk space or point LOCALAI_HOME elsewhere"
+    return None
+
+
+def guarded(fn):
+    """Turn exceptions into the CLI's contract: one line on stderr, exit 1 (2 for usage), 130 on Ctrl-C."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort):
+            raise
+        except KeyboardInterrupt:
+            sys.stdout.flush()
+            sys.stderr.write("\ninterrupted\n")
+            raise typer.Exit(130)
+        except BrokenPipeError:
+            # the reader went away (e.g. `| head`): stop quietly
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            raise typer.Exit(0)
+        except LocalaiError as exc:
+            if settings.debug:
+                import traceback
+
+                traceback.print_exc()
+            _fail(exc.one_line(), 2 if isinstance(exc, UsageError) else 1)
+        except Exception as exc:
+            if settings.debug:
+                import traceback
+
+                traceback.print_exc()
+            line = _describe_unexpected(exc)
+            if line is None:
+                line = f"{type(exc).__name__}: {exc}".splitlines()[0] + " (run with --debug for the traceback)"
+            _fail(line, 1)
+
+    return wrapper
+
+
+def _version(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"localai {__version__}\n")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def global_options(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More detail on stderr (repeatable)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors on stderr."),
+    debug: bool = typer.Option(False, "--debug", envvar="LOCALAI_DEBUG", help="Show tracebacks on errors."),
+    offline: bool = typer.Option(False, "--offline", help="Never contact the Hugging Face hub (sets HF_HUB_OFFLINE=1)."),
+    device: str = typer.Option("auto", "--device", help="auto, cuda or cpu.", case_sensitive=False),
+) -> None:
+    """Local AI on one consumer GPU: download, quantize, generate, speak, benchmark."""
+    device = device.lower()
+    if device not in ("auto", "cuda", "cpu"):
+        raise typer.BadParameter(f"{device!r} is not one of auto, cuda, cpu", param_hint="--device")
+    settings.verbosity = -1 if quiet else verbose
+    settings.debug = debug or settings.debug
+    settings.offline = offline
+    settings.device = device
+    if offline:
+        # huggingface-hub reads this once, at import: set it before any command imports it
+        os.environ["HF_HUB_OFFLINE"] = "1"
+    if device == "cpu":
+        os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+
+def _register() -> None:
+    for name, module_name in COMMANDS.items():
+        module = importlib.import_module(f"localai.commands.{module_name}")
+        app.command(name, help=module.main.__doc__)(guarded(module.main))
+
+
+_register()
+
+
+def main() -> None:
+    app(prog_name="localai")
+
+
+if __name__ == "__main__":
+    main()

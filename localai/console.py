@@ -1,0 +1,62 @@
+"""Where output goes: data on stdout with plain writes, everything else on stderr."""
+
+from __future__ import annotations
+
+import json
+import sys
+from functools import lru_cache
+
+from localai.settings import settings
+
+
+@lru_cache(maxsize=1)
+def err_console():
+    """The rich console for progress, logs and tables meant for a person (stderr)."""
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+def info(message: str) -> None:
+    if settings.verbosity >= 0:
+        err_console().print(message, markup=False)
+
+
+def note(message: str) -> None:
+    """A notice worth showing even when it is not asked for; hidden only by --quiet."""
+    info(message)
+
+
+def verbose(message: str) -> None:
+    if settings.verbosity >= 1:
+        err_console().print(message, markup=False, style="dim")
+
+
+def warn(message: str) -> None:
+    if settings.verbosity >= 0:
+        err_console().print(f"warning: {message}", markup=False, style="yellow")
+
+
+def out(text: str = "", end: str = "\n") -> None:
+    """Data for stdout, written as-is (never through rich markup)."""
+    sys.stdout.write(text + end)
+    sys.stdout.flush()
+
+
+def out_json(data) -> None:
+    out(json.dumps(data, indent=2, default=str))
+
+
+def progress(transient: bool = True):
+    """A rich Progress bound to stderr; disabled under --quiet."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TimeRemainingColumn(),
+        console=err_console(),
+        transient=transient,
+        disable=settings.verbosity < 0,
+    )

@@ -1,0 +1,22 @@
+"""Errors a user can cause. The CLI prints them as one line on stderr and exits 1."""
+
+from __future__ import annotations
+
+
+class LocalaiError(Exception):
+    """A failure the user can act on: `message` says what happened, `hint` what to do."""
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def one_line(self) -> str:
+        text = self.message.rstrip(".")
+        if self.hint:
+            text += f". {self.hint.rstrip('.')}"
+        return " ".join(text.split())
+
+
+class UsageError(LocalaiError):
+    """Bad arguments that the parser could not catch; exits 2 like a parser error."""

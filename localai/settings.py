@@ -1,0 +1,27 @@
+"""Global options, set once by the CLI callback and read by the library."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class Settings:
+    verbosity: int = 0  # -1 quiet, 0 normal, 1+ verbose
+    debug: bool = False
+    offline: bool = False
+    device: str = "auto"  # auto | cuda | cpu
+
+
+settings = Settings(debug=os.environ.get("LOCALAI_DEBUG", "") not in ("", "0"))
+
+
+def localai_home() -> Path:
+    """The toolkit's own files: converted models, quantized checkpoints (LOCALAI_HOME)."""
+    return Path(os.environ.get("LOCALAI_HOME") or Path.home() / ".cache" / "localai").expanduser()
+
+
+def hub_offline() -> bool:
+    return settings.offline or os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false", "False")

@@ -1,0 +1,32 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+# never reach for the network from a test
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from tiny_models import build_model  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> Path:
+    return build_model(tmp_path_factory.mktemp("models") / "tiny-llama", family="llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3(tmp_path_factory) -> Path:
+    return build_model(tmp_path_factory.mktemp("models") / "tiny-qwen3", family="qwen3")
+
+
+@pytest.fixture
+def localai_home(tmp_path, monkeypatch) -> Path:
+    """An empty LOCALAI_HOME and HF cache for one test."""
+    home = tmp_path / "localai-home"
+    monkeypatch.setenv("LOCALAI_HOME", str(home))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    return home
