@@ -52,3 +52,18 @@ def rotate(x: torch.Tensor, signs: torch.Tensor, block: int) -> torch.Tensor:
     if x.shape[-1] < k_padded:
         x = torch.nn.functional.pad(x, (0, k_padded - x.shape[-1]))
     return fwht(x * signs.to(x.dtype), block)
+
+
+def choose_block(k: int, max_block: int = 128, min_block: int = 32) -> int:
+    """The Hadamard block for input size k: the largest power of two <= max_block that
+    divides k (no padding), or max_block (k is then zero-padded) when that is < min_block.
+
+    e.g. 4096 -> 128, 576 -> 64, 1536 -> 128, 100 -> 128 (padded to 128).
+    """
+    check_block(max_block)
+    block = max_block
+    while block >= min_block:
+        if k % block == 0:
+            return block
+        block //= 2
+    return max_block
