@@ -21,6 +21,12 @@ from localai.settings import settings
 # name -> module under localai.commands; each module defines `main`, whose
 # docstring's first line is the one-line description in `localai --help`.
 COMMANDS: dict[str, str] = {
+    "download": "download",
+    "list": "list_models",
+    "rm": "rm",
+    "where": "where",
+    "doctor": "doctor",
+    "generate": "generate",
 }
 
 app = typer.Typer(
@@ -123,6 +129,12 @@ def global_options(
 def _register() -> None:
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(f"localai.commands.{module_name}")
+        group = getattr(module, "app", None)
+        if group is not None:  # a command with subcommands of its own, e.g. `bench compare`
+            for command in group.registered_commands:
+                command.callback = guarded(command.callback)
+            app.add_typer(group, name=name)
+            continue
         app.command(name, help=module.main.__doc__)(guarded(module.main))
 
 

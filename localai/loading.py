@@ -1,0 +1,130 @@
+"""Load a model folder and its tokenizer with transformers, with one-line errors for broken folders.
+
+Quantized checkpoints (bitsandbytes, TurboQuant) carry a `quantization_config` in config.json
+and load through the same `from_pretrained` call: transformers picks the quantizer from it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+from localai.errors import LocalaiError
+
+DOWNLOAD_HINT = "Download the model again with `localai download MODEL`"
+
+
+def _read_config(folder: Path) -> dict:
+    if not folder.is_dir():
+        raise LocalaiError(f"{folder} is not a folder", "Pass a model folder, alias or hub id")
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise LocalaiError(f"{folder} has no config.json, so it is not a transformers model folder",
+                           "Pass the folder that holds config.json and the weights")
+    try:
+        return json.loads(config_file.read_text())
+    except (OSError, ValueError) as exc:
+        raise LocalaiError(f"{config_file} is not valid JSON ({exc})", DOWNLOAD_HINT) from exc
+
+
+def _check_safetensors(folder: Path) -> list[Path]:
+    """Open every .safetensors header: truncated or corrupt files fail here, named, before loading."""
+    from safetensors import safe_open
+
+    files = sorted(folder.glob("*.safetensors"))
+    for file in files:
+        try:
+            with safe_open(str(file), framework="pt"):
+                pass
+        except Exception as exc:  # safetensors raises its own SafetensorError, not an OSError
+            raise LocalaiError(f"{file} is truncated or corrupt ({exc})", DOWNLOAD_HINT) from exc
+    index_file = folder / "model.safetensors.index.json"
+    if index_file.is_file():
+        try:
+            shards = set(json.loads(index_file.read_text())["weight_map"].values())
+        except (OSError, ValueError, KeyError) as exc:
+            raise LocalaiError(f"{index_file} is damaged ({exc})", DOWNLOAD_HINT) from exc
+        missing = sorted(s for s in shards if not (folder / s).is_file())
+        if missing:
+            raise LocalaiError(f"{folder} lacks the weight file {missing[0]} named in its index", DOWNLOAD_HINT)
+    return files
+
+
+def _check_weights(folder: Path) -> None:
+    if _check_safetensors(folder):
+        return
+    if any(folder.glob("*.bin")) or any(folder.glob("*.pt")):
+        return  # pickle weights the user fetched with --allow-pickle; transformers reads them weights_only
+    raise LocalaiError(f"{folder} has no weights (*.safetensors)", DOWNLOAD_HINT)
+
+
+def pick_dtype(device: str, dtype: Optional[str] = None):
+    """torch dtype from a name ('auto', 'float32', 'bf16', ...): auto = bf16/fp16 on CUDA, fp32 on CPU."""
+    import torch
+
+    names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+             "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+    if dtype in (None, "auto"):
+        if device.startswith("cuda"):
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in names:
+        raise LocalaiError(f"unknown dtype {dtype!r}", f"Use one of: auto, {', '.join(names)}")
+    return names[dtype]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def load_model(path, device: Optional[str] = None, dtype=None):
+    """A transformers causal LM from a local folder, in eval mode on `device` (default: --device)."""
+    from localai.device import resolve_device
+
+    folder = Path(path)
+    config = _read_config(folder)
+    _check_weights(folder)
+    device = resolve_device(device)
+    torch_dtype = pick_dtype(device, dtype)
+
+    from transformers import AutoModelForCausalLM
+
+    quiet_transformers()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype, device_map=device,
+                                                     trust_remote_code=False)
+    except (ValueError, KeyError) as exc:
+        model_type = config.get("model_type", "unknown")
+        raise LocalaiError(f"transformers cannot load {folder} (model type {model_type!r}): {_first_line(exc)}",
+                           "Upgrade transformers, or check that this is a text-generation model") from exc
+    except OSError as exc:
+        raise LocalaiError(f"cannot read the weights in {folder}: {_first_line(exc)}", DOWNLOAD_HINT) from exc
+    return model.eval()
+
+
+def quiet_transformers() -> None:
+    """transformers' own progress bars are noise next to ours; they stay on with -v."""
+    from localai.settings import settings
+
+    if settings.verbosity < 1:
+        from transformers.utils import logging
+
+        logging.disable_progress_bar()
+
+
+def load_tokenizer(path):
+    """The tokenizer saved next to the model (tokenizer.json, tokenizer.model, ...)."""
+    from transformers import AutoTokenizer
+
+    folder = Path(path)
+    _read_config(folder)
+    try:
+        return AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+    except (ValueError, KeyError, OSError, TypeError) as exc:
+        raise LocalaiError(f"cannot load the tokenizer in {folder}: {_first_line(exc)}",
+                           "The folder needs tokenizer.json (or tokenizer.model) and tokenizer_config.json; "
+                           + DOWNLOAD_HINT) from exc

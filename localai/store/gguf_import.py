@@ -1,0 +1,88 @@
+"""Convert a .gguf file once into a safetensors model folder (float32, tokenizer included)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from localai.errors import LocalaiError
+from localai.store.home import (find_imported, read_metadata, safe_name, staged_model_dir, writable_models_dir,
+                                write_metadata)
+
+GGUF_MAGIC = b"GGUF"
+
+
+def check_gguf(path: Path) -> None:
+    """A one-line error unless `path` is a readable file that starts with the GGUF magic bytes."""
+    try:
+        with open(path, "rb") as handle:
+            magic = handle.read(4)
+    except OSError as exc:
+        raise LocalaiError(f"cannot read {path} ({exc.strerror or exc})", "Check the path") from exc
+    if magic != GGUF_MAGIC:
+        raise LocalaiError(f"{path} is not a GGUF file (it does not start with the GGUF magic bytes)",
+                           "Pass a .gguf model file, e.g. one exported by llama.cpp")
+
+
+def gguf_quantization(path: Path) -> str:
+    """The file's quantization as llama.cpp names it (e.g. 'Q4_1'); 'unknown' when not recorded."""
+    from gguf import GGUFReader, LlamaFileType
+
+    try:
+        field = GGUFReader(path).fields.get("general.file_type")
+        if field is None:
+            return "unknown"
+        name = LlamaFileType(int(field.parts[field.data[0]][0])).name
+    except (ValueError, KeyError, IndexError) as exc:
+        raise LocalaiError(f"{path} is a damaged GGUF file ({exc})", "Download it again") from exc
+    return name.removeprefix("MOSTLY_")
+
+
+def _convert(gguf_path: Path, out: Path) -> None:
+    """Dequantize the GGUF weights to float32 and save model + tokenizer as a transformers folder."""
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, name = str(gguf_path.parent), gguf_path.name
+    options = {}
+    if hasattr(transformers, "GgufConfig"):  # newer transformers may keep GGUF blocks packed unless told
+        options["quantization_config"] = transformers.GgufConfig(dequantize=True)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32, **options)
+    except (ValueError, KeyError, RuntimeError, OSError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise LocalaiError(f"transformers cannot convert {gguf_path.name}: {first_line}",
+                           "Use a GGUF of an architecture transformers supports (llama, mistral, qwen2, qwen3, ...)"
+                           ) from exc
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def import_gguf(gguf_path: Path, name: str, source: Optional[str] = None, **extra) -> Path:
+    """LOCALAI_HOME/models/<name> converted from `gguf_path`; converted once, then reused."""
+    from localai.console import info, verbose
+    from localai.loading import quiet_transformers
+
+    gguf_path = Path(gguf_path).expanduser().resolve()
+    source = source or str(gguf_path)
+    existing = find_imported(name)
+    if existing is not None:
+        if read_metadata(existing).get("source") != source:
+            raise LocalaiError(f"a different model named {existing.name!r} is already in {existing.parent}",
+                               f"Remove it with `localai rm {existing.name}`, or rename the .gguf file")
+        return existing
+    check_gguf(gguf_path)
+    writable_models_dir()
+    quantization = gguf_quantization(gguf_path)
+    with staged_model_dir(name) as staging:
+        info(f"converting {gguf_path.name} ({quantization}) to a safetensors model folder...")
+        quiet_transformers()
+        _convert(gguf_path, staging)
+        write_metadata(staging, name=safe_name(name), source=source,
+                       format="gguf", gguf_file=gguf_path.name,
+                       quantization=f"{quantization} (dequantized to float32)", **extra)
+    folder = find_imported(name)
+    verbose(f"converted model: {folder}")
+    return folder

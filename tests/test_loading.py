@@ -1,0 +1,82 @@
+"""Loading a model folder: broken folders end in one-line errors that name the file."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cli_helpers import one_error_line
+from localai.cli import app
+from localai.errors import LocalaiError
+
+runner = CliRunner()
+
+
+def broken_copy(tiny_llama: Path, tmp_path: Path) -> Path:
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_llama, folder)
+    return folder
+
+
+def test_folder_without_config(tmp_path, tiny_llama):
+    from localai.loading import load_model
+
+    folder = broken_copy(tiny_llama, tmp_path)
+    (folder / "config.json").unlink()
+    with pytest.raises(LocalaiError, match="no config.json"):
+        load_model(folder, device="cpu")
+    result = runner.invoke(app, ["generate", str(folder), "hi"])
+    assert result.exit_code == 1 and result.stdout == ""
+    assert "config.json" in one_error_line(result.stderr)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])
+def test_corrupt_safetensors_names_the_file(tmp_path, tiny_llama, damage):
+    from localai.loading import load_model
+
+    folder = broken_copy(tiny_llama, tmp_path)
+    weights = folder / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes({"truncate": data[: len(data) // 2], "garbage": b"not a safetensors file at all",
+                         "empty": b""}[damage])
+    with pytest.raises(LocalaiError) as info:
+        load_model(folder, device="cpu")
+    assert str(weights) in info.value.one_line()
+    result = runner.invoke(app, ["generate", str(folder), "hi"])
+    assert result.exit_code == 1 and "model.safetensors" in one_error_line(result.stderr)
+
+
+def test_missing_weights_and_bad_config(tmp_path, tiny_llama):
+    from localai.loading import load_model
+
+    folder = broken_copy(tiny_llama, tmp_path)
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(LocalaiError, match="no weights"):
+        load_model(folder, device="cpu")
+    (folder / "config.json").write_text("{not json")
+    with pytest.raises(LocalaiError, match="not valid JSON"):
+        load_model(folder, device="cpu")
+
+
+def test_missing_tokenizer(tmp_path, tiny_llama):
+    from localai.loading import load_tokenizer
+
+    folder = broken_copy(tiny_llama, tmp_path)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (folder / name).unlink()
+    with pytest.raises(LocalaiError, match="tokenizer"):
+        load_tokenizer(folder)
+
+
+def test_load_model_and_tokenizer(tiny_qwen3):
+    import torch
+
+    from localai.loading import load_model, load_tokenizer
+
+    model = load_model(tiny_qwen3, device="cpu")
+    tokenizer = load_tokenizer(tiny_qwen3)
+    assert model.dtype == torch.float32 and not model.training
+    assert tokenizer.eos_token == "<|im_end|>"

@@ -1,0 +1,134 @@
+"""Hub downloads against a local fake hub (tests/hub_server.py): which files are fetched, skipping
+complete files, first use, pickle weights, unknown repos, an unreachable, hanging or switched-off hub."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from cli_helpers import closed_port, one_error_line, online_env, run_cli
+from hub_server import HubServer
+
+
+@pytest.fixture(scope="module")
+def hub_repo(tmp_path_factory, tiny_llama) -> Path:
+    """A hub repo folder: the tiny model plus files a run does not need (pickle weights, README)."""
+    folder = tmp_path_factory.mktemp("repo") / "tiny-llama"
+    shutil.copytree(tiny_llama, folder)
+    (folder / "pytorch_model.bin").write_bytes(b"pickled weights")
+    (folder / "README.md").write_text("# tiny\n")
+    return folder
+
+
+def test_download_fetches_run_files_and_skips_them_the_second_time(tmp_path, hub_repo):
+    with HubServer({"acme/tiny-llama": hub_repo}) as hub:
+        env = online_env(tmp_path, hub.url)
+        first = run_cli("download", "acme/tiny-llama", env=env)
+        assert first.returncode == 0, first.stderr
+        path = Path(first.stdout.strip())
+        assert first.stdout.count("\n") == 1 and path.is_dir()
+        assert sorted(p.name for p in path.iterdir()) == sorted(
+            p.name for p in hub_repo.iterdir() if p.suffix not in (".bin", ".md"))
+        assert len(hub.file_gets()) == len(list(path.iterdir()))
+        hub.requests.clear()
+        second = run_cli("download", "acme/tiny-llama", "--json", env=env)
+        assert second.returncode == 0, second.stderr
+        assert hub.file_gets() == []
+        summary = json.loads(second.stdout)
+        assert summary["path"] == str(path) and summary["quantization"] == "none (float32)"
+
+
+def test_first_use_downloads(tmp_path, hub_repo):
+    with HubServer({"acme/tiny-llama": hub_repo}) as hub:
+        env = online_env(tmp_path, hub.url)
+        done = run_cli("generate", "acme/tiny-llama", "Hello", "--max-new-tokens", "4", env=env)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() and len(hub.file_gets()) > 0
+    located = run_cli("where", "acme/tiny-llama", env=env)
+    assert located.returncode == 0 and (Path(located.stdout.strip()) / "model.safetensors").is_file()
+
+
+def test_download_allow_pickle_for_a_pickle_only_repo(tmp_path, tiny_llama):
+    repo = tmp_path / "old"
+    repo.mkdir()
+    shutil.copy(tiny_llama / "config.json", repo)
+    (repo / "pytorch_model.bin").write_bytes(b"pickled")
+    with HubServer({"acme/old": repo}) as hub:
+        env = online_env(tmp_path, hub.url)
+        refused = run_cli("download", "acme/old", env=env)
+        assert refused.returncode == 1 and refused.stdout == ""
+        assert "--allow-pickle" in one_error_line(refused.stderr)
+        allowed = run_cli("download", "acme/old", "--allow-pickle", env=env)
+        assert allowed.returncode == 0, allowed.stderr
+        assert (Path(allowed.stdout.strip()) / "pytorch_model.bin").is_file()
+
+
+def test_unknown_repo_on_the_hub(tmp_path, hub_repo):
+    with HubServer({"acme/tiny-llama": hub_repo}) as hub:
+        done = run_cli("download", "acme/nothing-here", env=online_env(tmp_path, hub.url))
+    assert done.returncode == 1 and done.stdout == ""
+    assert "acme/nothing-here was not found on the Hugging Face hub" in one_error_line(done.stderr)
+
+
+def test_hub_unreachable_and_nothing_cached(tmp_path):
+    env = online_env(tmp_path, f"http://127.0.0.1:{closed_port()}")
+    done = run_cli("download", "qwen3-0.6b", env=env)
+    assert done.returncode == 1 and done.stdout == ""
+    line = one_error_line(done.stderr)
+    assert "cannot reach the Hugging Face hub and Qwen/Qwen3-0.6B is not cached" in line
+    assert "HF_HUB_OFFLINE" in line
+    assert not (tmp_path / "home" / "models").exists() or not any((tmp_path / "home" / "models").iterdir())
+
+
+def test_offline_mode_and_nothing_cached(tmp_path):
+    env = online_env(tmp_path, f"http://127.0.0.1:{closed_port()}")
+    done = run_cli("--offline", "generate", "someorg/some-model", "hi", env=env)
+    assert done.returncode == 1 and done.stdout == ""
+    assert "offline mode" in one_error_line(done.stderr)
+
+
+def test_hub_unreachable_uses_the_cached_copy(tmp_path, hub_repo):
+    with HubServer({"acme/tiny-llama": hub_repo}) as hub:
+        env = online_env(tmp_path, hub.url)
+        first = run_cli("download", "acme/tiny-llama", env=env)
+    env["HF_ENDPOINT"] = f"http://127.0.0.1:{closed_port()}"
+    second = run_cli("download", "acme/tiny-llama", env=env)
+    assert second.returncode == 0, second.stderr
+    assert second.stdout == first.stdout
+    assert "cached copy" in second.stderr
+
+
+def test_rm_a_hub_download(tmp_path, hub_repo):
+    with HubServer({"acme/tiny-llama": hub_repo}) as hub:
+        env = online_env(tmp_path, hub.url)
+        path = Path(run_cli("download", "acme/tiny-llama", env=env).stdout.strip())
+    removed = run_cli("rm", "acme/tiny-llama", "--yes", env=env)
+    assert removed.returncode == 0, removed.stderr
+    assert not path.exists() and not (tmp_path / "hf" / "hub" / "models--acme--tiny-llama").exists()
+    assert json.loads(run_cli("list", "--json", env=env).stdout) == []
+
+
+def test_a_hanging_hub_is_reported_as_unreachable(tmp_path):
+    with HubServer({}, delay_s=120) as hub:
+        done = run_cli("download", "qwen3-0.6b", env=online_env(tmp_path, hub.url), timeout=90)
+    assert done.returncode == 1 and done.stdout == ""
+    assert "cannot reach the Hugging Face hub" in one_error_line(done.stderr)
+
+
+def test_gguf_file_from_the_hub(tmp_path):
+    repo = tmp_path / "gguf-repo"
+    repo.mkdir()
+    (repo / "model-Q4_0.gguf").write_bytes(b"not really gguf")
+    with HubServer({"acme/gguf": repo}) as hub:
+        env = online_env(tmp_path, hub.url)
+        absent = run_cli("download", "acme/gguf", "--gguf-file", "other.gguf", env=env)
+        assert absent.returncode == 1 and "model-Q4_0.gguf" in one_error_line(absent.stderr)
+        fetched = run_cli("download", "acme/gguf", "--gguf-file", "model-Q4_0.gguf", env=env)
+        assert len(hub.file_gets()) == 1
+    assert fetched.returncode == 1 and fetched.stdout == ""
+    assert "is not a GGUF file" in one_error_line(fetched.stderr)
+    models = tmp_path / "home" / "models"
+    assert not models.exists() or list(models.iterdir()) == []
