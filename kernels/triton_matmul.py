@@ -1,0 +1,257 @@
+"""Triton kernels for CUDA: the TurboQuant matmul and the activation rotation.
+
+Both matmul forms fuse unpacking, the codebook lookup, the gain and the dot product, and
+read every packed byte once per program:
+- GEMV (a few activation rows): each program owns BLOCK_N weight rows and one activation
+  row, walks K a few groups at a time (the next tile is loaded while the current one is
+  decoded), reduces each group with tl.sum and scales it by the group's gain.
+- tiled (more rows): one group per K step; the [BLOCK_N, G/2] byte tile becomes two bf16/fp16
+  tiles (even and odd columns, gain applied) that meet the matching activation columns in
+  tl.dot. The wrapper splits the activations into even and odd columns once per call.
+Split-K (partial sums added atomically into float32) only when N alone gives too few
+programs; it is a function of the weight shape, like the autotuning key.
+Activations reach the GEMV as words holding the pair (2j, 2j+1) that one packed byte
+multiplies, so one vector load serves both nibbles. The lookup reads the 16 float32 levels
+(64 bytes, one cache line: a warp's lookup is one L1 access).
+Set TRITON_INTERPRET=1 before importing this module to run it on the CPU (tests).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from localai.quant.codebook import LEVELS_4BIT
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+# activation rows up to this count use the GEMV kernel; more use the tiled tl.dot kernel
+GEMV_MAX_ROWS = 4
+# how activations travel as pair words: bf16 and fp16 pairs in int32, fp32 pairs in int64
+_PAIR_WORDS = {torch.bfloat16: (0, torch.int32), torch.float16: (1, torch.int32), torch.float32: (2, torch.int64)}
+
+
+@functools.lru_cache(maxsize=None)
+def level_table(device: str) -> torch.Tensor:
+    """The 16 levels, float32 [16]."""
+    return torch.tensor(LEVELS_4BIT, dtype=torch.float32, device=device)
+
+
+@triton.jit
+def _pairs(word, X_KIND: tl.constexpr):
+    """Activation pair words -> (element 2j, element 2j+1) as float32."""
+    if X_KIND == 0:  # bf16: the upper half of a float32
+        even = (word << 16).to(tl.float32, bitcast=True)
+        odd = (word & -65536).to(tl.float32, bitcast=True)
+    elif X_KIND == 1:  # fp16
+        even = (word & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+        odd = (word >> 16).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+    else:  # fp32 pairs in int64
+        even = word.to(tl.int32).to(tl.float32, bitcast=True)
+        odd = (word >> 32).to(tl.int32).to(tl.float32, bitcast=True)
+    return even, odd
+
+
+def _tune_bench(kernel_call, quantiles):
+    """Short autotuning runs: the configs differ by far more than the noise."""
+    from triton.testing import do_bench
+
+    return do_bench(kernel_call, warmup=3, rep=10, quantiles=quantiles)
+
+
+def _gemv_configs():
+    if INTERPRET:
+        return [triton.Config({"BLOCK_N": 16, "BLOCK_G": 2}, num_warps=1)]
+    return [triton.Config({"BLOCK_N": bn, "BLOCK_G": bg}, num_warps=w, num_stages=1)
+            for bn, bg, w in ((4, 4, 1), (8, 2, 1), (16, 1, 1), (8, 4, 2))]
+
+
+@triton.autotune(configs=_gemv_configs(), key=["N", "K", "GROUP"], reset_to_zero=["out_ptr"],
+                  do_bench=_tune_bench)
+@triton.jit
+def _gemv_kernel(xw_ptr, codes_ptr, gains_ptr, lut_ptr, out_ptr, N, K, KB, stride_xm, stride_om,
+                 GROUP: tl.constexpr, SPLIT_K: tl.constexpr, X_KIND: tl.constexpr,
+                 BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr):
+    HALF: tl.constexpr = GROUP // 2
+    STEP: tl.constexpr = BLOCK_G * HALF  # bytes of each row per iteration
+    pid_n, pid_k, m = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    n_groups = K // GROUP
+    per_split = tl.cdiv(n_groups, SPLIT_K)
+    g_start = pid_k * per_split
+    g_end = tl.minimum(g_start + per_split, n_groups)
+    byte_end = g_end * HALF
+    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # [BN]
+    row_ok = rows < N
+    rows = tl.where(row_ok, rows, 0)  # clamped: the loads need no row mask
+    lane = tl.arange(0, STEP)
+    code_rows = codes_ptr + rows[:, None].to(tl.int64) * KB
+    gain_rows = gains_ptr + rows[:, None] * n_groups
+    x_row = xw_ptr + m * stride_xm
+    acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+    cols = g_start * HALF + lane  # byte columns
+    byte = tl.load(code_rows + cols[None, :], mask=(cols < byte_end)[None, :], other=0)  # [BN, STEP]
+    word = tl.load(x_row + cols, mask=cols < byte_end, other=0)  # [STEP]
+    for g0 in range(g_start, g_end, BLOCK_G):
+        nxt = cols + STEP  # load the next tile while this one is decoded
+        byte_next = tl.load(code_rows + nxt[None, :], mask=(nxt < byte_end)[None, :], other=0)
+        word_next = tl.load(x_row + nxt, mask=nxt < byte_end, other=0)
+        x_even, x_odd = _pairs(word, X_KIND)
+        low = tl.load(lut_ptr + (byte & 15).to(tl.int32))
+        high = tl.load(lut_ptr + (byte >> 4).to(tl.int32))
+        prod = low * x_even[None, :] + high * x_odd[None, :]  # [BN, STEP]
+        groups = g0 + tl.arange(0, BLOCK_G)
+        gain = tl.load(gain_rows + groups[None, :], mask=(groups < g_end)[None, :], other=0.0).to(tl.float32)
+        part = tl.sum(tl.reshape(prod, [BLOCK_N, BLOCK_G, HALF]), axis=2)  # [BN, BG]
+        acc += tl.sum(part * gain, axis=1)
+        byte, word, cols = byte_next, word_next, nxt
+    out = out_ptr + m * stride_om + rows
+    if SPLIT_K == 1:
+        tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=row_ok)
+    else:
+        tl.atomic_add(out, acc, mask=row_ok)
+
+
+def _dot_configs():
+    if INTERPRET:
+        return [triton.Config({"BLOCK_N": 32}, num_warps=4)]
+    return [triton.Config({"BLOCK_N": bn}, num_warps=w, num_stages=s)
+            for bn, w, s in ((32, 4, 3), (64, 4, 3), (64, 8, 3))]
+
+
+@triton.autotune(configs=_dot_configs(), key=["N", "K", "GROUP", "BLOCK_M"], reset_to_zero=["out_ptr"],
+                  do_bench=_tune_bench)
+@triton.jit
+def _dot_kernel(x2_ptr, codes_ptr, gains_ptr, lut_ptr, out_ptr, M, N, K, KB, stride_xs, stride_xm, stride_om,
+                GROUP: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, F32_DOT: tl.constexpr,
+                BLOCK_N: tl.constexpr):
+    HALF: tl.constexpr = GROUP // 2
+    pid_n, pid_m, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    n_groups = K // GROUP
+    per_split = tl.cdiv(n_groups, SPLIT_K)
+    g_start = pid_k * per_split
+    g_end = tl.minimum(g_start + per_split, n_groups)
+    rows_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # [BM]
+    rows_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # [BN]
+    m_ok, n_ok = rows_m < M, rows_n < N
+    rows_n = tl.where(n_ok, rows_n, 0)
+    lane = tl.arange(0, HALF)
+    code_rows = codes_ptr + rows_n[:, None].to(tl.int64) * KB
+    x_rows = x2_ptr + rows_m[:, None] * stride_xm
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    byte_end = g_end * HALF
+    first = g_start * HALF + lane
+    byte = tl.load(code_rows + first[None, :], mask=(first < byte_end)[None, :], other=0)  # [BN, H]
+    for g in range(g_start, g_end):
+        cols = g * HALF + lane  # byte columns of group g
+        nxt = cols + HALF  # load the next group while this one is decoded
+        byte_next = tl.load(code_rows + nxt[None, :], mask=(nxt < byte_end)[None, :], other=0)
+        gain = tl.load(gains_ptr + rows_n * n_groups + g).to(tl.float32)[:, None]  # [BN, 1]
+        x_even = tl.load(x_rows + cols[None, :], mask=m_ok[:, None], other=0.0)  # [BM, H]
+        x_odd = tl.load(x_rows + stride_xs + cols[None, :], mask=m_ok[:, None], other=0.0)
+        w_even = (tl.load(lut_ptr + (byte & 15).to(tl.int32)) * gain).to(x_even.dtype)  # [BN, H]
+        w_odd = (tl.load(lut_ptr + (byte >> 4).to(tl.int32)) * gain).to(x_even.dtype)
+        if F32_DOT:  # float32 activations; also bf16 under the interpreter, whose dot lacks bf16
+            acc = tl.dot(x_even.to(tl.float32), tl.trans(w_even.to(tl.float32)), acc, input_precision="ieee")
+            acc = tl.dot(x_odd.to(tl.float32), tl.trans(w_odd.to(tl.float32)), acc, input_precision="ieee")
+        else:
+            acc = tl.dot(x_even, tl.trans(w_even), acc)
+            acc = tl.dot(x_odd, tl.trans(w_odd), acc)
+        byte = byte_next
+    out = out_ptr + rows_m[:, None] * stride_om + rows_n[None, :]
+    out_ok = m_ok[:, None] & n_ok[None, :]
+    if SPLIT_K == 1:
+        tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=out_ok)
+    else:
+        tl.atomic_add(out, acc, mask=out_ok)
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device_index: int) -> int:
+    if INTERPRET or not torch.cuda.is_available():
+        return 8
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def split_k_for(n: int, k_padded: int, group_size: int, rows_per_program: int, device_index: int = 0) -> int:
+    """How many K slices, from the weight shape only: split while N alone gives fewer programs
+    than two per multiprocessor and each slice keeps at least 16 groups."""
+    programs = triton.cdiv(n, rows_per_program)
+    target = 2 * _sm_count(device_index)
+    split = 1
+    while programs * split < target and k_padded // (group_size * split * 2) >= 16:
+        split *= 2
+    return split
+
+
+def _output(m: int, n: int, split: int, x: torch.Tensor) -> torch.Tensor:
+    return torch.empty(m, n, device=x.device, dtype=x.dtype) if split == 1 else \
+        torch.zeros(m, n, device=x.device, dtype=torch.float32)
+
+
+def turbo_matmul(x_rot: torch.Tensor, codes: torch.Tensor, gains: torch.Tensor, group_size: int,
+                 split_k: int | None = None) -> torch.Tensor:
+    """y = x_rot @ Wr.T on CUDA. x_rot: [M, Kp] -> [M, N] in x_rot's dtype."""
+    if group_size & (group_size - 1) or group_size < 32 or x_rot.dtype not in _PAIR_WORDS:
+        from localai.kernels import reference  # the kernels need a power-of-two group >= 32
+
+        return reference.turbo_matmul(x_rot, codes, gains, group_size)
+    x = x_rot.contiguous()
+    if x.storage_offset() % 2:  # pair words must start on an even element
+        x = x.clone()
+    codes, gains = codes.contiguous(), gains.contiguous()
+    m, k_padded = x.shape
+    n, k_bytes = codes.shape
+    lut = level_table(str(x.device))
+    device_index = x.device.index or 0
+    if m <= GEMV_MAX_ROWS:
+        x_kind, word_dtype = _PAIR_WORDS[x.dtype]
+        words = x.view(word_dtype)  # [M, Kp / 2]: the pair (2j, 2j+1) per word
+        split = split_k or split_k_for(n, k_padded, group_size, 4, device_index)
+        out = _output(m, n, split, x)
+        grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), split, m)  # noqa: E731
+        _gemv_kernel[grid](words, codes, gains, lut, out, n, k_padded, k_bytes, words.stride(0), out.stride(0),
+                           GROUP=group_size, SPLIT_K=split, X_KIND=x_kind)
+    else:
+        x2 = x.view(m, k_bytes, 2).permute(2, 0, 1).contiguous()  # [2, M, Kp / 2]: even, odd columns
+        block_m = 16 if m <= 16 else 32 if m <= 32 else 64
+        split = split_k or split_k_for(n, k_padded, group_size, 32, device_index)
+        out = _output(m, n, split, x)
+        grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), triton.cdiv(m, block_m), split)  # noqa: E731
+        _dot_kernel[grid](x2, codes, gains, lut, out, m, n, k_padded, k_bytes, x2.stride(0), x2.stride(1),
+                          out.stride(0), GROUP=group_size, SPLIT_K=split, BLOCK_M=block_m,
+                          F32_DOT=x.dtype == torch.float32 or (INTERPRET and x.dtype == torch.bfloat16))
+    return out.to(x_rot.dtype)
+
+
+@triton.jit
+def _rotate_kernel(x_ptr, signs_ptr, out_ptr, K, KP, stride_x, stride_o, scale,
+                   BLOCK: tl.constexpr, LOG_BLOCK: tl.constexpr, CHUNKS: tl.constexpr):
+    row, chunk = tl.program_id(0), tl.program_id(1)
+    cols = chunk * CHUNKS * BLOCK + tl.arange(0, CHUNKS * BLOCK)
+    v = tl.load(x_ptr + row * stride_x + cols, mask=cols < K, other=0.0).to(tl.float32)
+    v = v * tl.load(signs_ptr + cols, mask=cols < KP, other=0.0)
+    v = tl.reshape(v, [CHUNKS, BLOCK])
+    # butterflies: stage s pairs element i with i + 2^s inside each run of 2^(s+1)
+    for s in tl.static_range(LOG_BLOCK):
+        v = tl.reshape(v, [CHUNKS, BLOCK >> (s + 1), 2, 1 << s])
+        a, b = tl.split(tl.permute(v, (0, 1, 3, 2)))  # [C, B / 2^(s+1), 2^s] each
+        v = tl.permute(tl.join(a + b, a - b), (0, 1, 3, 2))
+    v = tl.reshape(v, [CHUNKS * BLOCK]) * scale
+    tl.store(out_ptr + row * stride_o + cols, v.to(out_ptr.dtype.element_ty), mask=cols < KP)
+
+
+def rotate(x: torch.Tensor, signs: torch.Tensor, block: int) -> torch.Tensor:
+    """Random-sign block Hadamard rotation on CUDA: x [M, K] -> [M, Kp] in x's dtype."""
+    x = x.contiguous()
+    m, k = x.shape
+    k_padded = signs.shape[0]
+    out = torch.empty(m, k_padded, device=x.device, dtype=x.dtype)
+    chunks = max(1, min(1024 // block, k_padded // block))
+    chunks = 1 << (chunks.bit_length() - 1)  # a power of two
+    grid = (m, triton.cdiv(k_padded, chunks * block))
+    _rotate_kernel[grid](x, signs.float().contiguous(), out, k, k_padded, x.stride(0), out.stride(0), block ** -0.5,
+                         BLOCK=block, LOG_BLOCK=block.bit_length() - 1, CHUNKS=chunks)
+    return out

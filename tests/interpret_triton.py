@@ -1,0 +1,53 @@
+"""Run the Triton kernels under TRITON_INTERPRET=1 on the CPU against the reference.
+
+Started in a subprocess by tests/test_kernels.py: the interpreter must be switched on before
+the kernels are defined, which must not leak into other tests. Prints one JSON object:
+{case name: relative error}.
+"""
+
+import json
+import os
+import sys
+
+os.environ["TRITON_INTERPRET"] = "1"
+
+import torch  # noqa: E402
+
+from localai.kernels import reference, triton_matmul  # noqa: E402
+from localai.quant.hadamard import random_signs, rotate  # noqa: E402
+from localai.quant.turboquant import quantize_weight  # noqa: E402
+
+
+def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((got.float() - ref.float()).norm() / ref.float().norm()).item()
+
+
+def main() -> None:
+    torch.manual_seed(0)
+    errors = {}
+    # (N, K, group, batches, dtypes): K=576 and 1536 are SmolLM2's, K=100 pads to 128, N is odd
+    cases = ((97, 576, 64, (1, 17), (torch.float32, torch.bfloat16)),
+             (33, 1536, 64, (3,), (torch.float16,)),
+             (33, 100, 32, (1, 17), (torch.bfloat16, torch.float16)))
+    for n, k, group, batches, dtypes in cases:
+        packed = quantize_weight(torch.randn(n, k), group, seed=1)
+        k_padded = packed.layout.k_padded
+        for m in batches:
+            for dtype in dtypes:
+                x = torch.randn(m, k_padded).to(dtype)
+                ref = reference.turbo_matmul(x.float(), packed.codes, packed.gains, group)
+                got = triton_matmul.turbo_matmul(x, packed.codes, packed.gains, group)
+                assert got.dtype == dtype and got.shape == (m, n), (got.dtype, got.shape)
+                errors[f"matmul {n}x{k} g{group} m{m} {dtype}"] = rel_err(got, ref)
+        x = torch.randn(2, k_padded)
+        split = triton_matmul.turbo_matmul(x, packed.codes, packed.gains, group, split_k=2)
+        errors[f"split-k {n}x{k}"] = rel_err(split, reference.turbo_matmul(x, packed.codes, packed.gains, group))
+        signs = random_signs(k_padded, 3)
+        x = torch.randn(3, k)
+        errors[f"rotate {k}"] = rel_err(triton_matmul.rotate(x, signs, packed.layout.block),
+                                        rotate(x, signs, packed.layout.block))
+    json.dump(errors, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()
