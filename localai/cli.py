@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "where": "where",
     "doctor": "doctor",
     "generate": "generate",
+    "speak": "speak",
 }
 
 app = typer.Typer(

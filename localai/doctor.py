@@ -146,7 +146,9 @@ def tts_engine_checks() -> list[Check]:
                        "Run `localai download voxtral-tts` (about 8 GB, CC BY-NC 4.0)")]
     else:
         checks = [ok("voxtral weights", str(snapshot))]
-    return checks
+    from localai.tts.engines import engine_report
+
+    return checks + [Check(**record) for record in engine_report()]
 
 
 def cache_checks() -> list[Check]:

@@ -1,0 +1,63 @@
+"""Speak text aloud or into a WAV file (Voxtral TTS, or an offline voice without weights or GPU)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+
+def main(
+    text: Optional[List[str]] = typer.Argument(None, help="Text to speak; read from stdin when absent."),
+    voice: Optional[str] = typer.Option(None, "--voice", help="Voice name (see --list-voices)."),
+    lang: Optional[str] = typer.Option(None, "--lang", help="Language code (en, fr, de, ...) to pick a voice."),
+    tts: str = typer.Option("auto", "--tts", help="auto, voxtral or fallback."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write the speech to this WAV file."),
+    play: bool = typer.Option(False, "--play", help="With --out: play the speech as well."),
+    list_voices: bool = typer.Option(False, "--list-voices", help="List the engine's voices and exit."),
+    quantize: bool = typer.Option(False, "--quantize", help="Voxtral: 4-bit TurboQuant backbone and acoustic head."),
+    tts_model: str = typer.Option("voxtral-tts", "--tts-model", help="Voxtral weights: the alias or a folder."),
+    json_output: bool = typer.Option(False, "--json", help="Print per-sentence timings as JSON."),
+) -> None:
+    """Speak text aloud or into a WAV file (Voxtral TTS, or an offline voice without weights or GPU)."""
+    import sys
+
+    from localai.console import info, out as print_data, out_json, warn
+    from localai.errors import LocalaiError, UsageError
+    from localai.tts.engines import select_engine
+    from localai.tts.player import open_output
+    from localai.tts.session import SpeechSession
+    from localai.tts.textin import text_chunks
+
+    if not text and not list_voices and sys.stdin.isatty():
+        raise UsageError("no text to speak", "give TEXT or pipe text into stdin, e.g. `echo Hello | localai speak`")
+    engine = select_engine(tts, model=tts_model, quantize=quantize)
+    if list_voices:
+        if json_output:
+            out_json({"engine": engine.name, "voices": engine.voices()})
+        else:
+            print_data("\n".join(engine.voices()))
+        return
+    voice_name = engine.resolve_voice(voice, lang)
+    output = open_output(engine.sample_rate, play=out is None or play, out_path=out)
+    session = SpeechSession(engine, voice_name, output, lang=engine.language(voice_name))
+    try:
+        for chunk in ([" ".join(text)] if text else text_chunks(sys.stdin)):
+            session.feed(chunk)
+        session.finish()
+        session.close()
+    except KeyboardInterrupt:  # stop the sound now; the WAV keeps what was already spoken
+        session.abort()
+        session.close()
+        raise
+    if session.error:
+        raise LocalaiError(f"speech failed: {session.error}", "run with --debug, or try --tts fallback")
+    seconds = output.seconds
+    if not session.timings:
+        warn("nothing to speak")
+    info(f"spoke {len(session.timings)} sentence(s), {seconds:.1f} s of audio"
+         + (f" -> {out}" if out else "") + f" [{engine.name}, voice {voice_name}]")
+    if json_output:
+        out_json({"engine": engine.name, "voice": voice_name, "sample_rate": engine.sample_rate,
+                  "audio_s": round(seconds, 3), "out": str(out) if out else None, "sentences": session.timings})

@@ -1,0 +1,1 @@
+"""Speech: the Voxtral TTS model, an offline fallback engine, the sentence splitter and audio output."""

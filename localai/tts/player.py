@@ -1,0 +1,191 @@
+"""Audio output on a background thread fed by a queue: a sound card stream, a WAV file, or both.
+
+    output = open_output(16000, play=True, out_path=Path("a.wav"))
+    output.write(chunk)      # float32 mono in [-1, 1]; returns at once
+    output.interrupt()       # Ctrl-C: drop what is queued, cut the sound, stay open
+    output.close()           # waits until everything queued was played and written
+
+No PortAudio or no output device is one line on stderr (an error when there is nowhere
+else for the audio to go); a failure while playing disables the speaker with one warning
+and the WAV file, if any, keeps being written. Nothing raises on the thread that feeds it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from localai.console import warn
+from localai.errors import LocalaiError
+
+_END = None
+
+
+class PlaybackUnavailable(LocalaiError):
+    """This machine cannot play audio (no PortAudio library, no output device)."""
+
+
+def open_speaker(sample_rate: int):
+    """A started sounddevice OutputStream (mono float32) at `sample_rate`."""
+    try:
+        import sounddevice
+    except OSError as exc:  # raised at import when the PortAudio library is missing
+        raise PlaybackUnavailable(f"no audio playback: {exc}", "install PortAudio (libportaudio2)") from None
+    try:
+        stream = sounddevice.OutputStream(samplerate=sample_rate, channels=1, dtype="float32")
+        stream.start()
+    except Exception as exc:  # sounddevice.PortAudioError and friends: no usable device
+        raise PlaybackUnavailable(f"no audio playback: {str(exc).splitlines()[0]}",
+                                  "connect an output device") from None
+    return stream
+
+
+class WavWriter:
+    """16-bit PCM WAV written under a temporary name and renamed when closed (always a valid file)."""
+
+    def __init__(self, path: Path, sample_rate: int):
+        import soundfile
+
+        self.path = Path(path)
+        self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        try:
+            self.file = soundfile.SoundFile(str(self.tmp), "w", samplerate=sample_rate, channels=1,
+                                            subtype="PCM_16", format="WAV")
+        except (RuntimeError, OSError) as exc:  # soundfile reports a missing folder as RuntimeError
+            raise LocalaiError(f"cannot write {self.path}: {str(exc).splitlines()[0]}",
+                               "check that the folder exists and is writable") from None
+        self.samples = 0
+
+    def write(self, chunk: np.ndarray) -> None:
+        self.file.write(np.clip(chunk, -1.0, 1.0))
+        self.samples += len(chunk)
+
+    def close(self) -> None:
+        self.file.close()
+        os.replace(self.tmp, self.path)
+
+    def discard(self) -> None:
+        try:
+            self.file.close()
+        finally:
+            self.tmp.unlink(missing_ok=True)
+
+
+class AudioOutput:
+    def __init__(self, sample_rate: int, speaker=None, out_path: Path | None = None):
+        """`speaker`: a started output stream (write/start/stop/abort/close), or None for no playback."""
+        self.sample_rate = sample_rate
+        self.wav = WavWriter(out_path, sample_rate) if out_path else None
+        self.speaker = speaker
+        self.samples = 0  # taken so far, at sample_rate
+        self._epoch = 0  # bumped by interrupt(); chunks queued before it are dropped
+        self._silent = False  # interrupted and nothing played since: close() need not drain the device
+        self._lock = threading.Lock()  # keeps _epoch and _silent consistent between the two threads
+        self._queue: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="audio-output", daemon=True)
+        self._thread.start()
+
+    @property
+    def seconds(self) -> float:
+        return self.samples / self.sample_rate
+
+    def write(self, chunk) -> None:
+        """Queue a chunk (float32 mono; numpy array or CPU/GPU tensor)."""
+        if hasattr(chunk, "detach"):
+            chunk = chunk.detach().float().cpu().numpy()
+        self._queue.put((self._epoch, np.ascontiguousarray(chunk, dtype=np.float32).reshape(-1)))
+
+    def interrupt(self) -> None:
+        """Drop what is queued and cut the sound within ~0.1 s; the output stays open (Ctrl-C in a chat)."""
+        with self._lock:
+            self._epoch += 1
+            self._silent = True
+
+    def close(self) -> None:
+        """Play and write everything still queued, then release the device and finish the file."""
+        if self._thread.is_alive():
+            self._queue.put(_END)
+            self._thread.join()
+        speaker, self.speaker = self.speaker, None
+        if speaker is not None:
+            try:
+                (speaker.abort if self._silent else speaker.stop)()  # stop() lets the buffered sound play
+                speaker.close()
+            except Exception as exc:
+                warn(f"closing the audio device failed: {exc}")
+        wav, self.wav = self.wav, None
+        if wav is not None:
+            wav.close()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _END:
+                return
+            epoch, chunk = item
+            if epoch != self._epoch:
+                continue
+            self.samples += len(chunk)
+            if self.wav is not None:
+                self._guard("writing the audio file", lambda: self.wav.write(chunk), "wav")
+            if self.speaker is not None:
+                self._play(chunk, epoch)
+
+    def _play(self, chunk: np.ndarray, epoch: int) -> None:
+        """Write in ~0.1 s slices so an interrupt is heard quickly; it also flushes the device buffer."""
+        step = max(1, self.sample_rate // 10)
+        for start in range(0, len(chunk), step):
+            with self._lock:
+                current = epoch == self._epoch
+                if current:
+                    self._silent = False
+            if not current:
+                self._guard("audio playback", self._flush_device, "speaker")
+                return
+            piece = chunk[start:start + step, None]
+            self._guard("audio playback", lambda: self.speaker.write(piece), "speaker")
+            if self.speaker is None:
+                return
+
+    def _flush_device(self) -> None:
+        self.speaker.abort()
+        self.speaker.start()
+
+    def _guard(self, what: str, action, sink: str) -> None:
+        try:
+            action()
+        except Exception as exc:  # a sink that fails is dropped, the answer goes on
+            warn(f"{what} stopped: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+            if sink == "speaker":
+                self.speaker = None
+            else:
+                wav, self.wav = self.wav, None
+                with contextlib.suppress(Exception):
+                    wav.discard()
+
+
+def open_output(sample_rate: int, play: bool = True, out_path: Path | None = None,
+                required: bool = True, out_flag: str = "--out") -> AudioOutput | None:
+    """Speaker and/or WAV file. Without a usable speaker: an error if `required` and there is no
+    file to write, else a warning (and None when nothing at all can take the audio)."""
+    speaker = None
+    if play:
+        try:
+            speaker = open_speaker(sample_rate)
+        except PlaybackUnavailable as exc:
+            if out_path is None and required:
+                raise PlaybackUnavailable(exc.message, f"use {out_flag} FILE.wav to save the audio instead") from None
+            warn(exc.message + (f"; writing {out_path} only" if out_path else f"; {out_flag} FILE.wav saves it"))
+    if speaker is None and out_path is None:
+        return None
+    try:
+        return AudioOutput(sample_rate, speaker=speaker, out_path=out_path)
+    except LocalaiError:
+        if speaker is not None:
+            speaker.close()
+        raise

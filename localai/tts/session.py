@@ -1,0 +1,120 @@
+"""A speech session: streamed text in, spoken sentences out, while the text keeps arriving.
+
+    session = start_speech(voice="en-US", out_path=Path("a.wav"))   # or SpeechSession(engine, voice, output)
+    for delta in answer:            # e.g. tokens from the chat model
+        session.feed(delta)         # splits sentences, queues them; returns at once
+    session.finish()                # the answer is complete: queue its last words (returns at once)
+    session.close()                 # end of the session: waits until all of it was played and written
+
+A worker thread synthesizes the queued sentences in order and hands the audio to the
+output's player thread, so generation, synthesis and playback overlap. `abort()` (Ctrl-C)
+drops the queued sentences, stops the one being synthesized and cuts the sound; the
+session stays usable for the next answer. A failing engine stops the speech with one
+warning, never the text. feed / finish / abort is the chat's interface for output sinks.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from pathlib import Path
+
+from localai.console import warn
+from localai.tts.player import AudioOutput
+from localai.tts.sentences import SentenceSplitter
+from localai.tts.text import prepare_for_speech
+
+_END = None
+
+
+class SpeechSession:
+    def __init__(self, engine, voice: str, output: AudioOutput, lang: str = "en",
+                 splitter: SentenceSplitter | None = None):
+        self.engine, self.voice, self.output, self.lang = engine, voice, output, lang
+        self.splitter = splitter or SentenceSplitter()
+        self.timings: list[dict] = []  # one record per spoken sentence
+        self.error: str | None = None
+        self._started = time.perf_counter()
+        self._epoch = 0  # bumped by abort(); sentences queued before it are skipped
+        self._queue: queue.Queue = queue.Queue()
+        self._worker = threading.Thread(target=self._run, name="speech", daemon=True)
+        self._worker.start()
+
+    def feed(self, delta: str) -> None:
+        for sentence in self.splitter.feed(delta):
+            self._put(sentence)
+
+    def finish(self) -> None:
+        """The text so far is complete (e.g. one chat answer): queue its unfinished last sentence."""
+        for sentence in self.splitter.flush():
+            self._put(sentence)
+
+    def abort(self) -> None:
+        """Stop speaking now: queued sentences are dropped, the sound is cut; later text is spoken again."""
+        self._epoch += 1
+        self.splitter.flush()
+        self.output.interrupt()
+
+    def close(self) -> None:
+        """Wait until everything queued was spoken, then release the audio device and finish the file."""
+        if self._worker.is_alive():
+            self._queue.put(_END)
+            self._worker.join()
+        self.output.close()
+
+    def _put(self, sentence: str) -> None:
+        self._queue.put((self._epoch, sentence, time.perf_counter()))
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _END:
+                return
+            if self.error is not None or item[0] != self._epoch:
+                continue
+            try:
+                self._speak(*item)
+            except Exception as exc:  # the text goes on without speech
+                self.error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+                warn(f"speech stopped: {self.error}")
+
+    def _speak(self, epoch: int, sentence: str, queued_at: float) -> None:
+        text = prepare_for_speech(sentence, self.lang)
+        if not text:
+            return
+        start = time.perf_counter()
+        first_audio, samples = None, 0
+        for chunk in self.engine.stream(text, self.voice, should_stop=lambda: epoch != self._epoch):
+            if epoch != self._epoch:
+                return
+            first_audio = first_audio or time.perf_counter()
+            samples += len(chunk)
+            self.output.write(chunk)
+        done = time.perf_counter()
+        audio_s = samples / self.engine.sample_rate
+        self.timings.append({
+            "text": text,
+            "queued_at_s": round(queued_at - self._started, 4),
+            "wait_s": round(start - queued_at, 4),  # behind earlier sentences
+            "first_audio_s": round((first_audio or done) - start, 4),
+            "synth_s": round(done - start, 4),
+            "audio_s": round(audio_s, 4),
+            "real_time_factor": round((done - start) / audio_s, 4) if audio_s else None,
+        })
+
+
+def start_speech(tts: str = "auto", voice: str | None = None, lang: str | None = None,
+                 out_path: Path | None = None, play: bool = True, model: str = "voxtral-tts",
+                 quantize: bool = False, out_flag: str = "--speak-out") -> SpeechSession | None:
+    """A session for speaking alongside other output (chat): picks the engine and voice, opens the
+    speaker and/or the WAV file. Without a usable speaker or file it warns and returns None."""
+    from localai.tts.engines import select_engine
+    from localai.tts.player import open_output
+
+    engine = select_engine(tts, model=model, quantize=quantize)
+    voice_name = engine.resolve_voice(voice, lang)
+    output = open_output(engine.sample_rate, play=play, out_path=out_path, required=False, out_flag=out_flag)
+    if output is None:
+        return None
+    return SpeechSession(engine, voice_name, output, lang=engine.language(voice_name))

@@ -1,0 +1,93 @@
+"""Text to speech with Voxtral: prompt, frame loop with a KV cache, streaming codec decode.
+
+The prompt comes from mistral-common (`SpeechRequest` + `encode_speech_request`):
+    [BOS] [BEGIN_AUDIO] [AUDIO] x N [NEXT_AUDIO_TEXT] text [REPEAT_AUDIO_TEXT] [BEGIN_AUDIO]
+and the N [AUDIO] positions take the voice tensor's rows. The hidden state at the final
+[BEGIN_AUDIO] gives the first frame; each frame's 37 codes, embedded and summed, are the
+backbone's next input, until the semantic code says end of audio.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from localai.errors import LocalaiError
+from localai.tts.voxtral.config import END_AUDIO
+from localai.tts.voxtral.loader import list_voices, load_voice
+from localai.tts.voxtral.streaming import StreamingDecoder, decode_frames
+
+MAX_FRAMES = 2048  # 164 s of audio, the reference deployment's limit per request
+FRAMES_PER_CHAR = 3  # speech runs about 0.8 frames per character; beyond ~4x that the model is rambling
+
+
+class VoxtralSynthesizer:
+    def __init__(self, model, tokenizer, folder: Path, max_frames: int = MAX_FRAMES):
+        self.model, self.tokenizer, self.folder = model, tokenizer, Path(folder)
+        self.config = model.config
+        self.max_frames = max_frames
+        self._voices: dict[str, torch.Tensor] = {}
+
+    @property
+    def sample_rate(self) -> int:
+        return self.config.sampling_rate
+
+    def voices(self) -> list[str]:
+        counts = self.tokenizer.instruct_tokenizer.audio_encoder.audio_config.voice_num_audio_tokens or {}
+        return [name for name in list_voices(self.folder) if name in counts]
+
+    def voice(self, name: str) -> torch.Tensor:
+        if name not in self._voices:
+            if name not in self.voices():
+                raise LocalaiError(f"unknown voice {name!r}", f"choose one of: {', '.join(self.voices())}")
+            self._voices[name] = load_voice(self.folder, name, self.config)
+        return self._voices[name]
+
+    def prompt_ids(self, text: str, voice: str) -> list[int]:
+        from mistral_common.protocol.speech.request import SpeechRequest
+
+        request = SpeechRequest(input=text, voice=voice)
+        return list(self.tokenizer.instruct_tokenizer.encode_speech_request(request).tokens)
+
+    @torch.inference_mode()
+    def frames(self, text: str, voice: str, seed: int = 0, should_stop=None) -> Iterator[torch.Tensor]:
+        """Yield one [37] tensor of model ids per 80 ms frame until the model ends the audio
+        (or should_stop() says so)."""
+        model = self.model
+        rows = self.voice(voice)
+        ids = self.prompt_ids(text, voice)
+        embeds = model.embed_prompt(ids, rows)  # [1, T, C]
+        budget = min(self.max_frames, 40 + FRAMES_PER_CHAR * len(text))
+        cache = model.backbone.new_cache(len(ids) + budget + 1)
+        hidden = model.backbone(embeds, cache, 0)[:, -1]  # [1, C] at the final [BEGIN_AUDIO]
+        generator = torch.Generator(device=model.device).manual_seed(seed)
+        noise_shape = (1, self.config.n_acoustic_codebook)
+        for position in range(len(ids), len(ids) + budget):
+            noise = torch.randn(noise_shape, generator=generator, device=model.device, dtype=torch.float32)
+            codes = model.acoustic(hidden, noise)  # [1, 37]
+            if int(codes[0, 0]) == END_AUDIO or (should_stop is not None and should_stop()):
+                return
+            yield codes[0]
+            hidden = model.backbone(model.audio_embeddings(codes)[:, None], cache, position)[:, -1]
+
+    @torch.inference_mode()
+    def stream(self, text: str, voice: str, seed: int = 0, should_stop=None) -> Iterator[torch.Tensor]:
+        """Yield audio chunks (float32, 1-D, on the model's device) while frames are generated."""
+        decoder = StreamingDecoder(self.model.codec, self.config.samples_per_frame)
+        for frame in self.frames(text, voice, seed, should_stop):
+            chunk = decoder.push(frame)
+            if chunk is not None:
+                yield chunk
+        tail = decoder.flush()
+        if tail is not None:
+            yield tail
+
+    @torch.inference_mode()
+    def synthesize(self, text: str, voice: str, seed: int = 0) -> torch.Tensor:
+        """All frames first, then one decode: [frames * 1920] float32."""
+        frames = list(self.frames(text, voice, seed))
+        if not frames:
+            return torch.zeros(0)
+        return decode_frames(self.model.codec, torch.stack(frames))

@@ -1,0 +1,87 @@
+"""Sentence splitting of streamed text and text preparation for speech."""
+
+import pytest
+
+from localai.tts.sentences import SentenceSplitter, find_boundary
+from localai.tts.text import integer_words, ordinal_words, prepare_for_speech, strip_markdown
+
+
+def split_streamed(text: str, step: int, **kwargs) -> list[str]:
+    splitter = SentenceSplitter(**kwargs)
+    sentences = []
+    for i in range(0, len(text), step):
+        sentences += splitter.feed(text[i:i + step])
+    return sentences + splitter.flush()
+
+
+@pytest.mark.parametrize("step", [1, 3, 1000])
+def test_abbreviations_initials_and_decimals_do_not_end_sentences(step):
+    text = "Dr. Smith paid $3.50 for J. K. Rowling's book, e.g. the first one. Then he left! Did he? Yes."
+    assert split_streamed(text, step) == [
+        "Dr. Smith paid $3.50 for J. K. Rowling's book, e.g. the first one.",
+        "Then he left!",
+        "Did he?\nYes.",  # "Yes." alone is shorter than min_chars: joined to the one before it
+    ]
+
+
+@pytest.mark.parametrize("step", [1, 4, 1000])
+def test_numbered_and_bulleted_lists_split_per_item(step):
+    text = "Steps to follow:\n1. Open the lid.\n2. Pour 2.5 cups of water\n- stir well for a minute\n3. Done"
+    assert split_streamed(text, step) == [
+        "Steps to follow:", "1. Open the lid.", "2. Pour 2.5 cups of water", "- stir well for a minute", "3. Done",
+    ]
+
+
+def test_quotes_and_brackets_stay_with_their_sentence():
+    assert split_streamed('He said "Stop right there." (He meant it.) Then silence.', 2) == [
+        'He said "Stop right there."', "(He meant it.)", "Then silence.",
+    ]
+
+
+def test_a_final_period_waits_for_the_next_character():
+    splitter = SentenceSplitter(min_chars=1)
+    assert splitter.feed("The value is 3.") == []
+    assert splitter.feed("14 exactly. Next") == ["The value is 3.14 exactly."]
+    assert splitter.flush() == ["Next"]
+    assert splitter.flush() == []
+
+
+def test_fenced_code_stays_in_one_piece():
+    text = "Run this:\n```\nx = 1. y = 2.\nprint(x)\n```\nThat prints one."
+    sentences = split_streamed(text, 5)
+    assert sentences[0].startswith("Run this:\n```") and sentences[0].endswith("```")
+    assert sentences[1] == "That prints one."
+    assert find_boundary("```\nunclosed. still code. ") is None
+
+
+def test_run_on_text_is_cut_at_a_comma():
+    text = ("word " * 30 + ", ") * 4
+    sentences = split_streamed(text, 7, max_chars=200)
+    assert len(sentences) > 1 and all(len(s) <= 200 for s in sentences)
+    assert " ".join(sentences).split() == text.split()
+
+
+def test_markdown_code_and_urls_are_removed():
+    text = "# Title\n**Bold** and _it_ with `code`, see [docs](https://x.y) or https://a.b/c.\n```py\nprint(1)\n```"
+    plain = strip_markdown(text)
+    assert "print" not in plain and "https" not in plain and "*" not in plain and "#" not in plain
+    assert "Bold and it with code, see docs or" in " ".join(plain.split())
+
+
+def test_numbers_are_said_in_english():
+    assert integer_words(0) == "zero"
+    assert integer_words(1_234_567) == "one million two hundred thirty-four thousand five hundred sixty-seven"
+    assert ordinal_words(21) == "twenty-first" and ordinal_words(40) == "fortieth"
+    spoken = prepare_for_speech("It is 3.5% of $2.50, the 2nd of 1,000 items at -4 degrees, version 3.10.2.")
+    assert spoken == ("It is three point five percent of two dollars and fifty cents, the second of "
+                      "one thousand items at minus four degrees, version three point ten point two.")
+
+
+def test_numbers_stay_digits_for_other_languages():
+    assert prepare_for_speech("Il a 3 chats.", "fr") == "Il a 3 chats."
+
+
+def test_lines_become_phrases_and_empty_text_stays_empty():
+    assert prepare_for_speech("- eggs\n- milk") == "eggs. milk"
+    assert prepare_for_speech("```\ncode only\n```") == ""
+    assert prepare_for_speech("**") == ""
