@@ -28,6 +28,8 @@ COMMANDS: dict[str, str] = {
     "doctor": "doctor",
     "generate": "generate",
     "speak": "speak",
+    "quantize": "quantize",
+    "eval": "eval",
 }
 
 app = typer.Typer(

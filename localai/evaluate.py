@@ -1,0 +1,89 @@
+"""Perplexity with the project's protocol: the first 400,000 characters of the text,
+the first `windows` non-overlapping windows of `ctx` tokens, exp(mean next-token NLL).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from localai.errors import LocalaiError
+
+EVAL_CHARS = 400_000
+DEFAULT_WINDOWS = 40
+DEFAULT_CTX = 512
+# the standard corpus, looked up beside the project: <root>/../shared/data/wikitext-2-raw/wiki.test.raw
+WIKITEXT_PARTS = ("shared", "data", "wikitext-2-raw", "wiki.test.raw")
+
+
+@dataclass
+class PerplexityResult:
+    perplexity: float
+    mean_nll: float
+    windows: int
+    ctx: int
+    tokens_scored: int
+    seconds: float
+
+
+def default_text_path() -> Path | None:
+    """wiki.test.raw when it sits beside the project checkout, else None."""
+    project_root = Path(__file__).resolve().parent.parent
+    path = project_root.parent.joinpath(*WIKITEXT_PARTS)
+    return path if path.is_file() else None
+
+
+def read_text(path: Path | None) -> str:
+    """The evaluation text from `path` (or the default corpus), read byte for byte."""
+    path = path or default_text_path()
+    if path is None:
+        raise LocalaiError("no evaluation text: the default wiki.test.raw was not found beside the project",
+                           "pass one with --text FILE")
+    try:
+        # newline="" keeps CRLF as stored: tokenization depends on it
+        with open(path, encoding="utf-8", newline="") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        raise LocalaiError(f"text file not found: {path}", "check the path given to --text") from None
+    except UnicodeDecodeError:
+        raise LocalaiError(f"{path} is not UTF-8 text", "pass a plain UTF-8 text file") from None
+
+
+def eval_windows(tokenizer, text: str, windows: int, ctx: int):
+    """Token windows for the protocol: LongTensor [W, ctx] from the first EVAL_CHARS characters."""
+    import torch
+
+    if windows < 1 or ctx < 2:
+        raise LocalaiError(f"need at least 1 window of at least 2 tokens, got {windows} x {ctx}",
+                           "use --windows >= 1 and --ctx >= 2")
+    ids = tokenizer(text[:EVAL_CHARS], add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+    available = ids.numel() // ctx
+    if available < windows:
+        raise LocalaiError(f"the text gives only {available} windows of {ctx} tokens, {windows} asked for",
+                           "pass a longer --text or fewer --windows")
+    return ids[: windows * ctx].reshape(windows, ctx)
+
+
+def perplexity(model, tokens, batch_size: int = 4, on_window=None) -> PerplexityResult:
+    """exp(mean next-token NLL) over token windows [W, ctx]; `on_window(done, total)` reports progress."""
+    import torch
+    import torch.nn.functional as F
+
+    windows, ctx = tokens.shape
+    device = next(model.parameters()).device
+    total_nll, scored = 0.0, 0
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for first in range(0, windows, batch_size):
+            batch = tokens[first: first + batch_size].to(device)  # [B, ctx]
+            logits = model(input_ids=batch, use_cache=False).logits  # [B, ctx, V]
+            nll = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
+                                  batch[:, 1:].reshape(-1), reduction="sum")
+            total_nll += nll.item()
+            scored += batch[:, 1:].numel()
+            if on_window:
+                on_window(min(first + batch_size, windows), windows)
+    mean_nll = total_nll / scored
+    return PerplexityResult(math.exp(mean_nll), mean_nll, windows, ctx, scored, time.perf_counter() - start)

@@ -1,0 +1,247 @@
+"""The TurboQuant checkpoint: model.safetensors + config.json with a `quantization_config`.
+
+Quantized linears store `<name>.codes` (uint8 [N, Kp // 2]) and `<name>.gains`
+(float16 [N, Kp // G]) instead of `<name>.weight`; every other tensor is stored in
+16-bit. `quantization_config` names the method and its parameters and lists the
+converted modules, so a loader can rebuild the layers without reading any weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from localai.errors import LocalaiError
+
+QUANT_METHOD = "turboquant"
+WEIGHTS_NAME = "model.safetensors"
+INT4_METHOD = "int4_rtn"
+# method -> the fields its quantization_config must carry
+OUR_METHODS = {
+    QUANT_METHOD: ("bits", "group_size", "rotation", "rotation_seed", "max_block", "modules_to_convert"),
+    INT4_METHOD: ("bits", "group_size", "modules_to_convert"),
+}
+REQUANTIZE_HINT = "Quantize the model again with `localai quantize`"
+
+
+def quantization_config(spec, modules: list[str], not_converted: list[str]) -> dict:
+    """The `quantization_config` entry of config.json for a QuantSpec and the converted module names."""
+    return {
+        "quant_method": QUANT_METHOD,
+        "bits": 4,
+        "group_size": spec.group_size,
+        "rotation": "hadamard",
+        "rotation_seed": spec.seed,
+        "max_block": spec.max_block,
+        "modules_to_convert": sorted(modules),
+        "modules_not_converted": sorted(not_converted),
+    }
+
+
+def output_staging(out: Path) -> Path:
+    """A fresh temporary folder beside `out` (same filesystem, so the final rename is atomic)."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise LocalaiError(f"{out} already exists", "choose another -o folder or remove it first")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    return staging
+
+
+def publish(staging: Path, out: Path) -> Path:
+    """Rename the finished staging folder to `out` (an empty `out` is replaced)."""
+    out = Path(out)
+    if out.is_dir() and not any(out.iterdir()):
+        out.rmdir()
+    os.replace(staging, out)
+    return out
+
+
+def _tensors_to_store(model, replaced: set, dtype) -> dict:
+    """name -> tensor for model.safetensors, leaving out the weights of the `replaced` linears."""
+    skip = {f"{name}.weight" for name in replaced}
+    tensors, seen = {}, set()
+    for key, tensor in model.state_dict().items():
+        if key in skip:
+            continue
+        storage = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        if storage in seen:
+            continue  # a tied copy (lm_head sharing the embedding): transformers re-ties it on load
+        seen.add(storage)
+        if tensor.is_floating_point():
+            tensor = tensor.to(dtype)
+        tensors[key] = tensor.detach().cpu().contiguous()
+    return tensors
+
+
+def save_checkpoint(model, tokenizer, replaced: dict, qconfig: dict, out: Path, dtype=None) -> Path:
+    """Write `model` to `out` with the linears in `replaced` {name: {suffix: tensor}} stored as given.
+
+    Every other floating tensor is stored in `dtype` (bf16 by default); config.json gets `qconfig`.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    dtype = dtype or torch.bfloat16
+    head = model.get_output_embeddings()
+    head_name = next((n for n, m in model.named_modules() if m is head), None)
+    config = model.config.to_dict()
+    config["quantization_config"] = qconfig
+    config["dtype"] = str(dtype).removeprefix("torch.")
+    if head_name in replaced:
+        config["tie_word_embeddings"] = False  # the head gets its own 4-bit copy; the embedding stays 16-bit
+    tensors = _tensors_to_store(model, set(replaced), dtype)
+    for name, parts in replaced.items():
+        tensors.update({f"{name}.{suffix}": t.detach().cpu().contiguous() for suffix, t in parts.items()})
+    staging = output_staging(out)
+    try:
+        save_file(tensors, str(staging / WEIGHTS_NAME), metadata={"format": "pt"})
+        (staging / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        if getattr(model, "generation_config", None) is not None:
+            model.generation_config.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        return publish(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def linear_names(model) -> list[str]:
+    import torch
+
+    return [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+
+
+def save_quantized(model, tokenizer, packed: dict, spec, out: Path, dtype=None) -> Path:
+    """Write a TurboQuant checkpoint for `model` with `packed` {module name: PackedWeight} to `out`."""
+    not_converted = [n for n in linear_names(model) if n not in packed]
+    qconfig = quantization_config(spec, list(packed), not_converted)
+    replaced = {name: {"codes": w.codes, "gains": w.gains} for name, w in packed.items()}
+    return save_checkpoint(model, tokenizer, replaced, qconfig, out, dtype)
+
+
+def read_quantization_config(folder: Path) -> dict | None:
+    """The checkpoint's quantization_config (None for an unquantized model); ours are checked field by field."""
+    config_file = Path(folder) / "config.json"
+    try:
+        config = json.loads(config_file.read_text())
+    except FileNotFoundError:
+        raise LocalaiError(f"{folder} has no config.json", REQUANTIZE_HINT) from None
+    except (OSError, ValueError) as exc:
+        raise LocalaiError(f"{config_file} is not valid JSON ({exc})", REQUANTIZE_HINT) from None
+    qc = config.get("quantization_config")
+    if isinstance(qc, dict) and qc.get("quant_method") in OUR_METHODS:
+        check_fields(qc)
+    return qc
+
+
+def _fail_field(message: str):
+    raise LocalaiError(f"quantization_config in config.json {message}", REQUANTIZE_HINT)
+
+
+def check_fields(qc: dict) -> None:
+    """One-line errors for missing or invalid fields of a turboquant or int4_rtn quantization_config."""
+    method = qc.get("quant_method")
+    missing = [f for f in OUR_METHODS[method] if f not in qc]
+    if missing:
+        _fail_field(f"lacks {', '.join(missing)}")
+    if qc["bits"] != 4:
+        _fail_field(f"has bits={qc['bits']!r}; {method} checkpoints are 4-bit")
+    for name in ("group_size", "rotation_seed", "max_block"):
+        if name in qc and (not isinstance(qc[name], int) or isinstance(qc[name], bool) or qc[name] < 0):
+            _fail_field(f"has {name}={qc[name]!r}, not a non-negative integer")
+    if qc["group_size"] < 2 or qc["group_size"] % 2:
+        _fail_field(f"has group_size={qc['group_size']}, not an even size >= 2")
+    if method == QUANT_METHOD:
+        if qc["rotation"] != "hadamard":
+            _fail_field(f"has rotation={qc['rotation']!r}; only 'hadamard' exists")
+        if qc["max_block"] < 2 or qc["max_block"] & (qc["max_block"] - 1):
+            _fail_field(f"has max_block={qc['max_block']}, not a power of two")
+    modules = qc["modules_to_convert"]
+    if not isinstance(modules, list) or not all(isinstance(m, str) for m in modules):
+        _fail_field("has modules_to_convert that is not a list of module names")
+
+
+def expected_shapes(model, qc: dict) -> dict:
+    """key -> (shape, safetensors dtype) that the stored tensors of each converted module must have."""
+    from localai.quant.turboquant import make_layout
+
+    modules = dict(model.named_modules())
+    g = qc["group_size"]
+    shapes = {}
+    for name in qc["modules_to_convert"]:
+        linear = modules.get(name)
+        if linear is None or not hasattr(linear, "in_features"):
+            raise LocalaiError(f"quantization_config names {name!r}, which is not a linear layer of this model",
+                               REQUANTIZE_HINT)
+        n, k = linear.out_features, linear.in_features
+        if qc["quant_method"] == QUANT_METHOD:
+            layout = make_layout(k, g, qc["max_block"])
+            shapes[f"{name}.codes"] = ((n, layout.k_padded // 2), "U8")
+            shapes[f"{name}.gains"] = ((n, layout.groups), "F16")
+        else:
+            if k % g:
+                _fail_field(f"has group_size={g}, which does not divide the input size {k} of {name}")
+            shapes[f"{name}.qweight"] = ((n, k // 2), "U8")
+            shapes[f"{name}.scales"] = ((n, k // g), "F16")
+            shapes[f"{name}.zeros"] = ((n, k // g), "F16")
+    return shapes
+
+
+def _stored_headers(folder: Path) -> dict:
+    """key -> (shape, dtype name) read from the safetensors headers only (no tensor data)."""
+    from safetensors import safe_open
+
+    files = sorted(Path(folder).glob("*.safetensors"))
+    if not files:
+        raise LocalaiError(f"{folder} has no .safetensors weights", REQUANTIZE_HINT)
+    headers = {}
+    for file in files:
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                for key in handle.keys():
+                    part = handle.get_slice(key)
+                    headers[key] = (tuple(part.get_shape()), part.get_dtype())
+        except Exception as exc:  # safetensors raises its own error type for damaged files
+            raise LocalaiError(f"{file} is truncated or corrupt ({str(exc).splitlines()[0]})",
+                               REQUANTIZE_HINT) from None
+    return headers
+
+
+def _meta_model(folder: Path):
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
+    config.quantization_config = None
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+
+
+def validate(folder: Path) -> dict | None:
+    """Check a turboquant or int4_rtn checkpoint before loading: fields, files, every stored shape.
+
+    Returns its quantization_config (None for an unquantized model; others are returned unchecked).
+    """
+    folder = Path(folder)
+    qc = read_quantization_config(folder)
+    if not isinstance(qc, dict) or qc.get("quant_method") not in OUR_METHODS:
+        return qc
+    stored = _stored_headers(folder)
+    model = _meta_model(folder)
+    for key, (shape, dtype) in expected_shapes(model, qc).items():
+        if key not in stored:
+            raise LocalaiError(f"{folder} lacks the tensor {key}", REQUANTIZE_HINT)
+        if stored[key] != (shape, dtype):
+            raise LocalaiError(f"{key} in {folder} has shape {list(stored[key][0])} {stored[key][1]}, "
+                               f"expected {list(shape)} {dtype}", REQUANTIZE_HINT)
+    converted = {f"{name}.weight" for name in qc["modules_to_convert"]}
+    tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
+    for key in model.state_dict():
+        if key not in stored and key not in converted and key not in tied:
+            raise LocalaiError(f"{folder} lacks the tensor {key}", REQUANTIZE_HINT)
+    return qc

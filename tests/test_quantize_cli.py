@@ -1,0 +1,153 @@
+"""`localai quantize` and `localai eval` end to end on tiny random models, and their bad input."""
+
+import json
+import math
+
+import pytest
+from typer.testing import CliRunner
+
+from localai.cli import app
+
+runner = CliRunner()
+
+
+def _run(*args):
+    return runner.invoke(app, ["--device", "cpu", *[str(a) for a in args]])
+
+
+def _one_line_error(result, code=1):
+    assert result.exit_code == code, result.output
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+@pytest.fixture
+def text_file(tmp_path):
+    path = tmp_path / "text.txt"
+    path.write_text("The capital of France is Paris. Hello world! How are you today? " * 120)
+    return path
+
+
+@pytest.fixture(scope="module")
+def data_free(tiny_llama, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "tq-data-free"
+    result = _run("quantize", tiny_llama, "-o", out, "--no-calib", "--json")
+    assert result.exit_code == 0, result.output
+    return out, result
+
+
+def test_quantize_data_free_summary(data_free):
+    out, result = data_free
+    summary = json.loads(result.stdout)
+    assert summary["method"] == "turboquant" and summary["calibration"] == "none (data-free)"
+    assert summary["layers"] == 14 and summary["output"] == str(out)
+    assert summary["bits_per_weight"] == pytest.approx(4.25)
+    assert summary["linear_compression_vs_bf16"] >= 3.7
+    assert summary["size_after"] < summary["size_before"]
+    assert "quantized model.layers.0.self_attn.q_proj [64x64]" in result.stderr
+    assert json.loads((out / "config.json").read_text())["quantization_config"]["quant_method"] == "turboquant"
+
+
+def test_quantize_with_calibration_file_prints_the_folder(tiny_llama, tmp_path, text_file):
+    out = tmp_path / "tq-calib"
+    result = _run("quantize", tiny_llama, "-o", out, "--calib", text_file, "--calib-tokens", 1024)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == str(out)
+    assert "calibration    text.txt, 1,024 tokens" in result.stderr
+    assert "bits/weight" in result.stderr and "relative error" in result.stderr
+
+
+def test_quantize_default_calibration_is_self_generated(tiny_qwen3, tmp_path):
+    out = tmp_path / "tq-self"
+    result = _run("quantize", tiny_qwen3, "-o", out, "--calib-tokens", 512, "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["calibration"].startswith("self-generated") and summary["calib_tokens"] == 512
+
+
+def test_eval_on_quantized_and_fp_models(data_free, tiny_llama, text_file):
+    out, _ = data_free
+    fp = _run("eval", tiny_llama, "--text", text_file, "--windows", 2, "--ctx", 64, "--json")
+    tq = _run("eval", out, "--text", text_file, "--windows", 2, "--ctx", 64, "--json")
+    assert fp.exit_code == 0 and tq.exit_code == 0, fp.output + tq.output
+    fp_res, tq_res = json.loads(fp.stdout), json.loads(tq.stdout)
+    assert tq_res["quantization"] == "turboquant" and fp_res["quantization"] == "none"
+    assert tq_res["tokens_scored"] == 2 * 63
+    assert math.isfinite(tq_res["perplexity"]) and tq_res["perplexity"] > 1
+    plain = _run("eval", out, "--text", text_file, "--windows", 2, "--ctx", 64)
+    assert float(plain.stdout) == pytest.approx(tq_res["perplexity"], abs=1e-3)
+
+
+@pytest.mark.parametrize("method", ["int4", "nf4"])
+def test_baseline_methods_quantize_and_evaluate(method, tiny_llama, tmp_path, text_file):
+    out = tmp_path / method
+    result = _run("quantize", tiny_llama, "-o", out, "--method", method, "--group-size", 64, "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["method"] == method and summary["calibration"] == "not used"
+    assert 4.0 < summary["bits_per_weight"] < 5.0
+    evaluated = _run("eval", out, "--text", text_file, "--windows", 1, "--ctx", 64, "--json")
+    assert evaluated.exit_code == 0, evaluated.output
+    assert math.isfinite(json.loads(evaluated.stdout)["perplexity"])
+
+
+def _nothing_written(parent):
+    return not any(parent.iterdir())
+
+
+def test_unknown_method(tiny_llama, tmp_path):
+    target = tmp_path / "out" / "q"
+    line = _one_line_error(_run("quantize", tiny_llama, "-o", target, "--method", "gptq8"))
+    assert "unknown method 'gptq8'" in line and "turboquant, nf4, int4" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_group_size_that_does_not_divide(tiny_llama, tmp_path):
+    line = _one_line_error(_run("quantize", tiny_llama, "-o", tmp_path / "q", "--group-size", 48, "--no-calib"))
+    assert "group size 48 does not divide the padded input size 64" in line
+    assert _nothing_written(tmp_path)
+
+
+def test_conflicting_and_inapplicable_flags(tiny_llama, tmp_path, text_file):
+    both = _run("quantize", tiny_llama, "-o", tmp_path / "q", "--calib", text_file, "--no-calib")
+    assert "exclude each other" in _one_line_error(both, code=2)
+    nf4 = _run("quantize", tiny_llama, "-o", tmp_path / "q", "--method", "nf4", "--group-size", 32)
+    assert "blocks of 64" in _one_line_error(nf4)
+    assert not (tmp_path / "q").exists()
+
+
+def test_existing_output_is_refused(data_free, tiny_llama):
+    out, _ = data_free
+    line = _one_line_error(_run("quantize", tiny_llama, "-o", out, "--no-calib"))
+    assert "already exists" in line
+
+
+def test_corrupt_quantized_checkpoint(data_free, tmp_path, text_file):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(data_free[0], broken)
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    line = _one_line_error(_run("eval", broken, "--text", text_file, "--windows", 1, "--ctx", 16))
+    assert "truncated or corrupt" in line
+
+
+def test_missing_quantization_config_fields(data_free, tmp_path, text_file):
+    import shutil
+
+    broken = tmp_path / "fields"
+    shutil.copytree(data_free[0], broken)
+    config = json.loads((broken / "config.json").read_text())
+    del config["quantization_config"]["group_size"], config["quantization_config"]["max_block"]
+    (broken / "config.json").write_text(json.dumps(config))
+    line = _one_line_error(_run("eval", broken, "--text", text_file, "--windows", 1, "--ctx", 16))
+    assert "lacks group_size, max_block" in line
+
+
+def test_eval_bad_input(tiny_llama, tmp_path, text_file):
+    line = _one_line_error(_run("eval", tiny_llama, "--text", tmp_path / "absent.txt"))
+    assert "text file not found" in line
+    line = _one_line_error(_run("eval", tiny_llama, "--text", text_file, "--windows", 500, "--ctx", 64))
+    assert "500 asked for" in line

@@ -1,0 +1,202 @@
+"""The TurboQuant quantizer: data-free fit, GPTQ in the rotated basis, layer-by-layer calibration, int4."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from localai.errors import LocalaiError
+from localai.kernels import reference
+from localai.quant import baselines, calib_data, calibrate, gptq, turboquant as tq
+from localai.quant.codebook import codebook
+from localai.quant.hadamard import random_signs, rotate
+
+
+def _rel_error(a, b):
+    return float((a - b).pow(2).sum() / b.pow(2).sum())
+
+
+@pytest.mark.parametrize("n,k,block,k_padded", [(64, 576, 64, 576), (48, 1536, 128, 1536), (32, 100, 128, 128)])
+def test_quantize_weight_shapes_and_error(n, k, block, k_padded):
+    w = torch.randn(n, k, generator=torch.Generator().manual_seed(1))
+    packed = tq.quantize_weight(w, group_size=64, seed=3)
+    assert packed.layout.block == block and packed.layout.k_padded == k_padded
+    assert packed.codes.dtype == torch.uint8 and tuple(packed.codes.shape) == (n, k_padded // 2)
+    assert packed.gains.dtype == torch.float16 and tuple(packed.gains.shape) == (n, k_padded // 64)
+    # Gaussian Lloyd-Max MSE is 0.0095; the per-group scale search must do better
+    assert _rel_error(tq.dequantize_weight(packed, seed=3), w) < 0.0092
+
+
+def test_dequantize_matches_the_kernel_reference():
+    w = torch.randn(40, 576)
+    packed = tq.quantize_weight(w, group_size=32, seed=7)
+    expected = reference.dequantize(packed.codes, packed.gains, 32)
+    assert torch.equal(tq.dequantize_rotated(packed), expected)
+
+
+def test_rotation_round_trip_and_orthogonality():
+    w = torch.randn(8, 100)
+    layout = tq.make_layout(100)
+    w_rot = tq.rotate_weight(w, layout, seed=5)
+    assert torch.allclose(tq.unrotate_weight(w_rot, layout, seed=5), w, atol=1e-5)
+    x = torch.randn(3, 100)
+    x_rot = rotate(x, random_signs(layout.k_padded, 5), layout.block)
+    assert torch.allclose(x_rot @ w_rot.T, x @ w.T, atol=1e-4)
+
+
+def test_fit_group_gain_is_least_squares_and_search_helps():
+    g = torch.Generator().manual_seed(0)
+    y = torch.randn(500, 64, generator=g) * torch.rand(500, 1, generator=g)
+    codes, gains = tq.fit_group(y)
+    q = codebook()[codes.long()]
+    assert torch.allclose(gains, tq.least_squares_gain(y, q), rtol=1e-5)
+    plain_codes = tq._codes_for(y, y.pow(2).mean(-1).sqrt())
+    plain_q = codebook()[plain_codes.long()]
+    plain_err = (y - tq.least_squares_gain(y, plain_q).unsqueeze(-1) * plain_q).pow(2).sum(-1)
+    err = (y - gains.unsqueeze(-1) * q).pow(2).sum(-1)
+    assert (err <= plain_err + 1e-6).all() and err.sum() < 0.9 * plain_err.sum()
+
+
+def test_group_size_that_does_not_divide_is_a_one_line_error():
+    with pytest.raises(LocalaiError, match="group size 128 does not divide the padded input size 576"):
+        tq.quantize_weight(torch.randn(4, 576), group_size=128)
+
+
+def _correlated_inputs(tokens, k, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mix = torch.randn(k, k, generator=g) / k ** 0.5 + torch.eye(k) * 0.3
+    return torch.randn(tokens, k, generator=g) @ mix * torch.linspace(0.2, 3.0, k)
+
+
+def test_rotate_hessian_equals_hessian_of_rotated_inputs():
+    x = _correlated_inputs(256, 100)
+    layout = tq.make_layout(100)
+    signs = random_signs(layout.k_padded, 0)
+    x_rot = rotate(x, signs, layout.block)
+    assert torch.allclose(gptq.rotate_hessian(x.T @ x, signs, layout.block), x_rot.T @ x_rot, rtol=1e-3, atol=1e-2)
+
+
+def test_gptq_beats_data_free_on_the_output_error_and_refit_helps():
+    k, n = 128, 96
+    x = _correlated_inputs(2048, k)
+    w = torch.randn(n, k)
+    layout = tq.make_layout(k)
+    signs = random_signs(layout.k_padded, 0)
+    x_rot = rotate(x, signs, layout.block)
+    h = x_rot.T @ x_rot
+    w_rot = tq.rotate_weight(w, layout, 0)
+    codes_df, gains_df = tq.quantize_rotated(w_rot, 64)
+
+    def rebuild(codes, gains):
+        return (codebook()[codes.long()].reshape(n, -1, 64) * gains.unsqueeze(-1)).reshape(n, -1)
+
+    err_df = gptq.output_error(w_rot, rebuild(codes_df, gains_df), h)
+    codes, gains = gptq.gptq_codes(w_rot, h, 64)
+    err_gptq = gptq.output_error(w_rot, rebuild(codes, gains), h)
+    refit = gptq.refit_gains(w_rot, h, codes, 64, damp=0.0)
+    err_refit = gptq.output_error(w_rot, rebuild(codes, refit), h)
+    assert err_gptq < 0.8 * err_df
+    assert err_refit <= err_gptq
+    # the refit is the least-squares optimum in the H metric: the gradient vanishes
+    q = codebook()[codes.long()].reshape(n, -1, 64)
+    grad = ((rebuild(codes, refit) - w_rot) @ h).reshape(n, -1, 64).mul(q).sum(-1)
+    assert grad.abs().max() < 1e-3 * (w_rot @ h).abs().max()
+
+
+def _load(folder):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    return model, AutoTokenizer.from_pretrained(folder)
+
+
+def test_input_groups_follow_the_llama_block(tiny_llama):
+    model, tokenizer = _load(tiny_llama)
+    layers = calibrate.decoder_layers(model)
+    ids = torch.randint(3, len(tokenizer), (2, 16))
+    inputs = calibrate.capture_first_layer_inputs(model, layers, ids, "cpu")
+    linears = {n: m for n, m in layers[0].named_modules() if isinstance(m, torch.nn.Linear)}
+    groups = calibrate._input_groups(layers[0], linears, inputs[0])
+    assert groups == [["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], ["self_attn.o_proj"],
+                      ["mlp.gate_proj", "mlp.up_proj"], ["mlp.down_proj"]]
+
+
+def test_calibrated_quantization_is_sequential_and_writes_back(tiny_llama):
+    model, tokenizer = _load(tiny_llama)
+    ids = torch.randint(3, len(tokenizer), (6, 32), generator=torch.Generator().manual_seed(0))
+    spec = calibrate.QuantSpec()
+    result = calibrate.quantize_calibrated(model, ids, spec)
+    names = [r.name for r in result.reports]
+    assert names[0] == "model.layers.0.self_attn.q_proj" and names[-1] == "model.layers.1.mlp.down_proj"
+    assert len(result.packed) == 14 and "lm_head" not in result.packed
+    linear = model.get_submodule("model.layers.1.mlp.up_proj")
+    expected = tq.dequantize_weight(result.packed["model.layers.1.mlp.up_proj"], spec.seed)
+    assert torch.allclose(linear.weight, expected)
+    assert all(0 < r.rel_error < 0.05 for r in result.reports)
+
+
+def test_quantize_head_adds_lm_head(tiny_llama):
+    model, _ = _load(tiny_llama)
+    result = calibrate.quantize_data_free(model, calibrate.QuantSpec(quantize_head=True))
+    assert "lm_head" in result.packed and len(result.packed) == 15
+
+
+def test_int4_round_to_nearest_runs_on_the_int4_kernel():
+    w = torch.randn(48, 128)
+    parts = baselines.int4_quantize(w, 64)
+    w_hat = baselines.int4_dequantize(parts, 64)
+    assert _rel_error(w_hat, w) < 0.02
+    layer = baselines.Int4Linear(128, 48, 64, bias=True)
+    for name, value in parts.items():
+        getattr(layer, name).copy_(value)
+    layer.bias.data.normal_()
+    x = torch.randn(2, 5, 128)
+    assert torch.allclose(layer(x), x @ w_hat.T + layer.bias, atol=1e-3)
+    with pytest.raises(LocalaiError, match="does not divide"):
+        baselines.int4_quantize(torch.randn(4, 96), 64)
+
+
+def test_calibration_from_text_file(tmp_path, tiny_llama):
+    _, tokenizer = _load(tiny_llama)
+    text = tmp_path / "calib.txt"
+    text.write_text("The capital of France is Paris. " * 200)
+    ids = calib_data.from_text_file(text, tokenizer, tokens=256, seq_len=64)
+    assert tuple(ids.shape) == (4, 64)
+    (tmp_path / "short.txt").write_text("Paris.")
+    with pytest.raises(LocalaiError, match="fewer than 64 tokens"):
+        calib_data.from_text_file(tmp_path / "short.txt", tokenizer, tokens=256, seq_len=64)
+    with pytest.raises(LocalaiError, match="not found"):
+        calib_data.from_text_file(tmp_path / "absent.txt", tokenizer)
+
+
+def test_self_generated_calibration(tiny_llama):
+    model, tokenizer = _load(tiny_llama)
+    ids = calib_data.self_generated(model, tokenizer, tokens=96, seq_len=48, seed=1)
+    assert tuple(ids.shape) == (2, 48)
+    assert not set(ids[:, 0].tolist()) & set(tokenizer.all_special_ids)
+    again = calib_data.self_generated(model, tokenizer, tokens=96, seq_len=48, seed=1)
+    assert torch.equal(ids, again)
+
+
+def test_import_localai_stays_light_and_registers_with_transformers():
+    code = ("import sys, localai; assert 'torch' not in sys.modules and 'transformers' not in sys.modules; "
+            "from transformers.quantizers.auto import AUTO_QUANTIZER_MAPPING as Q, "
+            "AUTO_QUANTIZATION_CONFIG_MAPPING as C; "
+            "assert {'turboquant', 'int4_rtn'} <= set(Q) and {'turboquant', 'int4_rtn'} <= set(C); print('ok')")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "ok"
+
+
+def test_asymmetric_target_corrects_the_input_error():
+    x_fp = _correlated_inputs(1024, 64, seed=1)
+    # the earlier layers' error, here a linear distortion of the inputs that a weight can undo
+    x_q = x_fp @ (torch.eye(64) + 0.05 * torch.randn(64, 64, generator=torch.Generator().manual_seed(2)))
+    w = torch.randn(16, 64)
+    h, cross = x_q.T @ x_q, x_q.T @ x_fp
+    assert torch.allclose(calibrate.asymmetric_target(w, h, h, damp=0.01), w)
+    target = calibrate.asymmetric_target(w, h, cross, damp=1e-4)
+    before = (x_q @ w.T - x_fp @ w.T).pow(2).sum()
+    after = (x_q @ target.T - x_fp @ w.T).pow(2).sum()
+    assert after < 0.01 * before
