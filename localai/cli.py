@@ -27,6 +27,8 @@ COMMANDS: dict[str, str] = {
     "where": "where",
     "doctor": "doctor",
     "generate": "generate",
+    "chat": "chat",
+    "bench": "bench",
     "speak": "speak",
     "quantize": "quantize",
     "eval": "eval",

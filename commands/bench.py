@@ -1,0 +1,93 @@
+"""Benchmark throughput and latency: data vs tensor parallel, JSON reports, hand-off to vLLM.
+
+`localai bench MODEL [options]` is short for `localai bench run MODEL [options]`;
+`localai bench compare A.json B.json` compares two reports.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from typer.core import TyperGroup
+
+
+class _RunByDefault(TyperGroup):
+    """Treat `bench MODEL ...` as `bench run MODEL ...`; `bench compare ...` stays a subcommand."""
+
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and args[0] not in ctx.help_option_names:
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+app = typer.Typer(
+    cls=_RunByDefault, no_args_is_help=True, rich_markup_mode=None,
+    help="Benchmark throughput and latency: data vs tensor parallel, reports, compare, vLLM hand-off.",
+)
+
+
+@app.command("run")
+def run(
+    model: str = typer.Argument(..., help="Model alias, hub repo id or local folder."),
+    dp: int = typer.Option(1, "--dp", help="Data-parallel replicas, one per GPU (or per share of the CPU cores)."),
+    tp: int = typer.Option(1, "--tp", help="Tensor-parallel processes sharing one model."),
+    compare: Optional[str] = typer.Option(None, "--compare", help="dp,tp: run both on the same devices, side by side."),
+    scaling: bool = typer.Option(False, "--scaling", help="Also run one replica alone, for scaling efficiency."),
+    input_len: int = typer.Option(128, "--input-len", help="Tokens per synthetic prompt."),
+    output_len: int = typer.Option(128, "--output-len", help="Tokens generated per request (EOS ignored)."),
+    num_requests: Optional[int] = typer.Option(None, "--num-requests", help="Requests in all [default: 32, or the prompts file's count]."),
+    prompts: Optional[Path] = typer.Option(None, "--prompts", help="Prompts file (one per line, or JSONL with \"prompt\") instead of random tokens."),
+    batch_size: str = typer.Option("auto", "--batch-size", help="auto, or the most requests one replica runs at once."),
+    warmup: Optional[int] = typer.Option(None, "--warmup", help="Untimed warm-up requests per replica [default: one batch]."),
+    repeats: int = typer.Option(1, "--repeats", help="Timed repeats; reports mean ± sd."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the synthetic prompts."),
+    decode_mode: Optional[str] = typer.Option(None, "--decode-mode", help="eager, graphs or compile (CUDA) [default: the engine's choice; eager for --tp]."),
+    fmt: str = typer.Option("table", "--format", help="table, json, jsonl, md or csv."),
+    as_json: bool = typer.Option(False, "--json", help="Same as --format json."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the report to this file instead of stdout."),
+    emit: Optional[str] = typer.Option(None, "--emit", help="vllm: print the equivalent vLLM commands and exit."),
+) -> None:
+    """Benchmark MODEL: throughput, TTFT/TPOT/ITL/E2EL, data vs tensor parallel."""
+    from localai.bench.report import render
+    from localai.bench.session import BenchOptions, benchmark, prepare, vllm_commands
+
+    options = BenchOptions(
+        model=model, dp=dp, tp=tp, compare=compare, scaling=scaling, input_len=input_len, output_len=output_len,
+        num_requests=num_requests, prompts=prompts, batch_size=batch_size, warmup=warmup, repeats=repeats,
+        seed=seed, decode_mode=decode_mode, fmt="json" if as_json else fmt, emit=emit)
+    prepared = prepare(options)
+    if options.emit:
+        _deliver(vllm_commands(prepared), output)
+        return
+    _deliver(render(benchmark(prepared), options.fmt), output)
+
+
+@app.command("compare")
+def compare_reports(
+    a: Path = typer.Argument(..., help="Report A (bench --format json)."),
+    b: Path = typer.Argument(..., help="Report B, compared against A."),
+    threshold: str = typer.Option("5%", "--threshold", help="Flag changes larger than this (the noise level)."),
+    as_json: bool = typer.Option(False, "--json", help="The comparison as JSON."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the comparison to this file."),
+) -> None:
+    """Compare two bench reports and flag changes beyond the threshold."""
+    import json
+
+    from localai.bench.compare import compare, parse_threshold, render_comparison
+    from localai.bench.report import load_report
+
+    result = compare(load_report(a), load_report(b), parse_threshold(threshold))
+    _deliver(json.dumps(result, indent=2) + "\n" if as_json else render_comparison(result), output)
+
+
+def _deliver(text: str, output: Optional[Path]) -> None:
+    from localai.bench.report import write_atomic
+    from localai.console import info, out
+
+    if output is None:
+        out(text, end="")
+        return
+    write_atomic(output, text)
+    info(f"wrote {output}")

@@ -1,0 +1,76 @@
+"""Chat with a model: streamed answers, history, /commands; piped stdin is answered once."""
+
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+import typer
+
+
+def main(
+    model: str = typer.Argument(..., help="Alias, hub repo id, model folder or .gguf file."),
+    system: Optional[str] = typer.Option(None, "--system", help="System message."),
+    history: Optional[str] = typer.Option(None, "--history", help="Conversation file: loaded if it exists, "
+                                          "saved after every turn."),
+    max_new_tokens: int = typer.Option(512, "--max-new-tokens", help="Longest answer, in tokens."),
+    temperature: float = typer.Option(0.7, "--temperature", help="0 = greedy; higher = more random."),
+    top_p: float = typer.Option(0.95, "--top-p", help="Sample from the smallest set with this much probability."),
+    top_k: int = typer.Option(0, "--top-k", help="Sample from the K most likely tokens (0 = all)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed, for reproducible answers."),
+    context: int = typer.Option(4096, "--context", help="Context length in tokens (capped by the model and memory)."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16."),
+    speak: bool = typer.Option(False, "--speak", help="Speak the answers aloud, sentence by sentence (see `speak`)."),
+    voice: Optional[str] = typer.Option(None, "--voice", help="With --speak: the voice (see speak --list-voices)."),
+    speak_out: Optional[str] = typer.Option(None, "--speak-out", help="With --speak: write the speech to this WAV "
+                                            "file instead of playing it."),
+) -> None:
+    """Chat with a model: streamed answers, history, /commands; piped stdin is answered once."""
+    from pathlib import Path
+
+    from localai.engine.conversation import Conversation
+    from localai.engine.request import Request, SamplingParams
+    from localai.errors import UsageError
+
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+                            seed=seed).validate()
+    interactive = sys.stdin.isatty()
+    piped = None if interactive else sys.stdin.read().strip()
+    if piped == "":
+        raise UsageError("nothing to answer on stdin", "pipe a message in, or run in a terminal to chat")
+    conversation = Conversation(system=system)
+    if history and Path(history).expanduser().exists():
+        conversation = Conversation.load(history)
+        conversation.system = system or conversation.system
+
+    from localai.console import info, note
+    from localai.engine.api import Engine
+    from localai.engine.repl import ChatRepl, enable_line_editing
+    from localai.settings import localai_home
+
+    info(f"loading {model}...")
+    engine = Engine.load(model, dtype=dtype, notice=info)
+    plan = engine.plan_for([Request([0])], batch_size=1, max_ctx=context)
+    if plan.max_ctx <= max_new_tokens:
+        raise UsageError(f"--max-new-tokens {max_new_tokens} leaves no room for the prompt in a "
+                         f"{plan.max_ctx}-token context", "lower --max-new-tokens")
+    speech = None
+    if speak or speak_out:
+        from localai.tts.session import start_speech
+
+        speech = start_speech(voice=voice, out_path=Path(speak_out) if speak_out else None, play=speak_out is None)
+    repl = ChatRepl(engine, conversation, params, plan, history_file=Path(history) if history else None,
+                    notice=note, tee=[speech] if speech else None)
+    try:
+        if piped is not None:
+            repl.answer(piped)
+            return
+        save_line_history = enable_line_editing(localai_home() / "chat_history")
+        try:
+            repl.run()
+        finally:
+            save_line_history()
+    finally:
+        if speech is not None:
+            speech.close()  # waits for the last sentence, finishes the WAV
+

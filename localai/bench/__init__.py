@@ -1,0 +1,1 @@
+"""Benchmarks: workloads, metrics with vLLM's names, data- and tensor-parallel launchers, reports."""

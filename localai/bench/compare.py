@@ -1,0 +1,71 @@
+"""`localai bench compare A.json B.json`: what changed between two reports, and what is beyond noise."""
+
+from __future__ import annotations
+
+from localai.errors import LocalaiError
+
+# metric -> True when higher is better
+WATCHED = {
+    "request_throughput": True, "output_throughput": True, "total_token_throughput": True,
+    "prefill_throughput": True, "decode_throughput": True,
+    "mean_ttft_ms": False, "p99_ttft_ms": False, "mean_tpot_ms": False, "p99_tpot_ms": False,
+    "mean_itl_ms": False, "p99_itl_ms": False, "mean_e2el_ms": False, "p99_e2el_ms": False,
+    "peak_memory_mb": False,
+}
+
+
+def parse_threshold(text: str) -> float:
+    """A percentage: '5%' or '5' -> 0.05."""
+    raw = text.strip().rstrip("%")
+    try:
+        value = float(raw)
+    except ValueError:
+        raise LocalaiError(f"--threshold {text!r} is not a number", "write it like 5%") from None
+    if not 0 <= value <= 1000:
+        raise LocalaiError(f"--threshold {text!r} is out of range", "write a percentage like 5%")
+    return value / 100
+
+
+def compare(a: dict, b: dict, threshold: float) -> dict:
+    """Per run present in both reports and per watched metric: A, B, change, and a verdict."""
+    runs_b = {run["name"]: run for run in b["runs"]}
+    common = [run for run in a["runs"] if run["name"] in runs_b]
+    if not common:
+        names_a = ", ".join(r["name"] for r in a["runs"])
+        names_b = ", ".join(r["name"] for r in b["runs"])
+        raise LocalaiError(f"the reports share no run (A has {names_a}; B has {names_b})",
+                           "compare reports made with the same --dp/--tp options")
+    rows = []
+    for run_a in common:
+        run_b = runs_b[run_a["name"]]
+        for metric, higher_is_better in WATCHED.items():
+            rows.append(_row(run_a, run_b, metric, higher_is_better, threshold))
+    rows = [row for row in rows if row is not None]
+    return {"a": a["environment"].get("command"), "b": b["environment"].get("command"), "threshold": threshold,
+            "workload_differs": a["workload"] != b["workload"], "rows": rows,
+            "flagged": sum(row["verdict"] != "same" for row in rows)}
+
+
+def _row(run_a: dict, run_b: dict, metric: str, higher_is_better: bool, threshold: float) -> dict | None:
+    value_a, value_b = run_a["metrics"].get(metric), run_b["metrics"].get(metric)
+    if value_a is None or value_b is None:
+        return None
+    change = (value_b - value_a) / value_a if value_a else 0.0
+    verdict = "same"
+    if abs(change) > threshold:
+        verdict = "better" if (change > 0) == higher_is_better else "worse"
+    return {"run": run_a["name"], "metric": metric, "a": value_a, "b": value_b, "change": change, "verdict": verdict}
+
+
+def render_comparison(result: dict) -> str:
+    lines = []
+    if result["workload_differs"]:
+        lines.append("note: the two reports ran different workloads")
+    header = ("run", "metric", "A", "B", "change", "")
+    body = [(r["run"], r["metric"], f"{r['a']:.2f}", f"{r['b']:.2f}", f"{r['change'] * 100:+.1f}%",
+             "" if r["verdict"] == "same" else r["verdict"].upper()) for r in result["rows"]]
+    widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
+    for row in [header, *body]:
+        lines.append("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip())
+    lines.append(f"{result['flagged']} change(s) beyond ±{result['threshold'] * 100:g}%")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,141 @@
+"""One `localai bench` invocation: which runs to make (DP, TP, scaling baseline) and their rows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from localai.bench.dp import Placement, placements, run_dp
+from localai.bench.launcher import WorkerRun
+from localai.bench.metrics import over_repeats, summarize
+from localai.bench.model import ModelFacts
+from localai.bench.tp import check_shardable, run_tp
+from localai.bench.workload import Workload, split
+
+
+@dataclass
+class BenchPlan:
+    facts: ModelFacts
+    workload: Workload
+    device: str  # cpu | cuda
+    places: list[Placement]  # one per process of the parallel runs
+    dp: int = 1
+    tp: int = 1
+    compare: bool = False  # run DP and TP on the same devices, side by side
+    scaling: bool = False  # also one replica alone, for scaling efficiency
+    batch_size: int | None = None  # None: auto
+    warmup: int | None = None
+    repeats: int = 1
+    decode_mode: str | None = None  # None: the engine's choice (TP: eager, and DP too when compared)
+    verbosity: int = 0
+
+    @property
+    def width(self) -> int:
+        """How many devices (or core groups) the parallel runs use."""
+        return max(self.dp, self.tp)
+
+    @property
+    def wants_tp(self) -> bool:
+        return self.tp > 1 or self.compare
+
+    @property
+    def wants_dp(self) -> bool:
+        return self.tp == 1 or self.compare
+
+    def worker_options(self, mode: str, return_tokens: bool) -> dict:
+        return {"batch_size": self.batch_size, "warmup": self.warmup, "repeats": self.repeats,
+                "decode_mode": self.decode_mode_for(mode), "return_tokens": return_tokens,
+                "verbosity": self.verbosity}
+
+    def decode_mode_for(self, mode: str) -> str | None:
+        """TP decodes eagerly unless asked (collectives inside captured graphs are unproven);
+        a DP run compared with it uses the same mode, so the two differ only in parallelism."""
+        if self.decode_mode or (mode == "dp" and not self.compare):
+            return self.decode_mode
+        return "eager"
+
+
+def make_plan(facts: ModelFacts, workload: Workload, device: str, dp: int, tp: int, **options) -> BenchPlan:
+    """A plan whose processes fit the devices (or cores) and whose model can be sharded if asked."""
+    places = placements(max(dp, tp), device, "--tp" if tp > dp else "--dp")
+    plan = BenchPlan(facts=facts, workload=workload, device=device, places=places, dp=dp, tp=tp, **options)
+    if plan.wants_tp:
+        check_shardable(facts.model_type, facts.num_kv_heads, len(places), facts.quantization)
+    return plan
+
+
+def run_row(name: str, mode: str, runs: list[WorkerRun], places: list[Placement]) -> dict:
+    """Metrics of one run: mean and sd over repeats, plus one row per replica (DP) or rank (TP)."""
+    timed = runs[:1] if mode == "tp" else runs  # TP ranks replay the same requests
+    repeats = []
+    for r in range(len(runs[0].repeats)):
+        memory = [run.peak_memory_mb(r) for run in runs]
+        repeats.append(summarize([run.traces(r) for run in timed], memory))
+    mean, sd = over_repeats(repeats)
+    replicas = []
+    for index, (run, place) in enumerate(zip(runs, places)):
+        own = [summarize([run.traces(r)], [run.peak_memory_mb(r)]) for r in range(len(run.repeats))]
+        replicas.append({"replica": index, "placement": place.label, "batch_size": run.ready["batch_size"],
+                         "requests": len(run.spec.request_ids), **over_repeats(own)[0]})
+    return {"name": name, "mode": mode, "processes": len(runs), "placements": [p.label for p in places],
+            "batch_size": runs[0].ready["batch_size"], "engine": runs[0].ready["engine"],
+            "decode_mode": runs[0].ready["decode_mode"], "metrics": mean, "metrics_sd": sd, "repeats": repeats,
+            "replicas": replicas}
+
+
+def interconnect(places: list[Placement]) -> str:
+    """How TP ranks talk: GPU peer access yes/no, or shared memory on one CPU."""
+    if places[0].device != "cuda" or len(places) < 2:
+        return "cpu: gloo over loopback, shared memory" if places[0].device == "cpu" else "single device"
+    import torch
+
+    peer = all(torch.cuda.can_device_access_peer(a, b) for a in range(len(places)) for b in range(len(places)) if a != b)
+    return f"cuda: NCCL, peer access {'yes' if peer else 'no'}"
+
+
+def tokens_by_request(runs: list[WorkerRun], mode: str) -> dict[int, list[int]]:
+    rows = runs[0].repeats[0]["traces"] if mode == "tp" else [t for run in runs for t in run.repeats[0]["traces"]]
+    return {row["request_id"]: row["token_ids"] for row in rows}
+
+
+def execute(plan: BenchPlan) -> dict:
+    """Every run the plan asks for; returns {"runs": [...], "scaling": ..., "comparison": ...}."""
+    model, workload, places = plan.facts.path, plan.workload, plan.places
+    everything = list(range(workload.num_requests))
+    runs, result = [], {}
+    tokens = {}
+    if plan.wants_dp:
+        dp_runs = run_dp(model, workload, places, everything, **plan.worker_options("dp", plan.compare))
+        runs.append(run_row(f"dp{len(places)}", "dp", dp_runs, places))
+        if plan.compare:
+            tokens["dp"] = tokens_by_request(dp_runs, "dp")
+    if plan.wants_tp:
+        tp_runs = run_tp(model, workload, places, everything, **plan.worker_options("tp", plan.compare))
+        row = run_row(f"tp{len(places)}", "tp", tp_runs, places)
+        row["interconnect"] = interconnect(places)
+        runs.append(row)
+        if plan.compare:
+            tokens["tp"] = tokens_by_request(tp_runs, "tp")
+    if plan.scaling:
+        share = split(workload.num_requests, len(places))[0]
+        alone = run_dp(model, workload, places[:1], share, **plan.worker_options("dp", False))
+        baseline = run_row("dp1-alone", "dp", alone, places[:1])
+        runs.append(baseline)
+        result["scaling"] = scaling(runs[0], baseline, len(places))
+    if plan.compare:
+        result["comparison"] = comparison(runs[0], runs[1], tokens["dp"] == tokens["tp"])
+    result["runs"] = runs
+    return result
+
+
+def scaling(parallel: dict, alone: dict, n: int) -> dict:
+    """Speed-up of N processes over one replica on one process's share of the devices."""
+    key = "total_token_throughput"
+    speedup = parallel["metrics"][key] / alone["metrics"][key]
+    return {"run": parallel["name"], "baseline": alone["name"], "processes": n, "metric": key,
+            "speedup": speedup, "efficiency": speedup / n}
+
+
+def comparison(dp: dict, tp: dict, outputs_match: bool) -> dict:
+    key = "total_token_throughput"
+    return {"dp": dp["name"], "tp": tp["name"], "metric": key, "dp_over_tp": dp["metrics"][key] / tp["metrics"][key],
+            "interconnect": tp.get("interconnect"), "greedy_outputs_match": outputs_match}

@@ -1,0 +1,75 @@
+"""A chat's history: system message, turns, fitting into the context, saving and loading."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from localai.engine.prompts import check_messages, render_chat
+from localai.errors import LocalaiError
+
+
+@dataclass
+class Conversation:
+    system: str | None = None
+    messages: list[dict] = field(default_factory=list)  # user/assistant turns, oldest first
+
+    def add(self, role: str, content: str) -> None:
+        self.messages.append({"role": role, "content": content})
+
+    def reset(self) -> None:
+        self.messages.clear()
+
+    def full(self) -> list[dict]:
+        return self.head() + self.messages
+
+    def head(self) -> list[dict]:
+        return [{"role": "system", "content": self.system}] if self.system else []
+
+    def fit(self, tokenizer, max_tokens: int) -> tuple[list[int], int]:
+        """Prompt ids of the conversation within max_tokens, dropping the oldest turns first.
+
+        Returns (ids, number of messages dropped). The last user message is never dropped.
+        """
+        alone = len(render_chat(tokenizer, self.head() + self.messages[-1:]))
+        if alone > max_tokens:  # checked first, so a refused message drops nothing
+            raise LocalaiError(f"the message needs {alone} tokens but only {max_tokens} fit in the context",
+                               "send a shorter message, or lower --max-new-tokens")
+        dropped = 0
+        while True:
+            ids = render_chat(tokenizer, self.full())
+            if len(ids) <= max_tokens:
+                return ids, dropped
+            removed = 2 if len(self.messages) > 2 and self.messages[0]["role"] == "user" else 1
+            del self.messages[:removed]
+            dropped += removed
+
+    # --- files -------------------------------------------------------------------------
+    def to_json(self) -> dict:
+        return {"system": self.system, "messages": self.messages}
+
+    def save(self, path: str | Path) -> None:
+        """Write the conversation as JSON, atomically (temporary name in the same folder, then rename)."""
+        path = Path(path).expanduser()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        temporary.write_text(json.dumps(self.to_json(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        os.replace(temporary, path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Conversation":
+        path = Path(path).expanduser()
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise LocalaiError(f"no such file: {path}", "check the path") from exc
+        except (OSError, ValueError) as exc:
+            raise LocalaiError(f"{path} is not a saved conversation ({exc})", "load a file written by /save") from exc
+        if not isinstance(data, dict) or not isinstance(data.get("messages"), list):
+            raise LocalaiError(f"{path} is not a saved conversation", "load a file written by /save")
+        messages = check_messages(data["messages"]) if data["messages"] else []
+        system = data.get("system")
+        return cls(system=system if isinstance(system, str) else None,
+                   messages=[m for m in messages if m["role"] != "system"])

@@ -1,0 +1,57 @@
+"""What one generation asks for: the prompt's token ids and its sampling parameters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+from localai.errors import LocalaiError
+
+
+@dataclass
+class SamplingParams:
+    """Per-request decoding settings. temperature 0 means greedy; seed makes sampling reproducible."""
+
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1 = off
+    min_p: float = 0.0  # 0 = off
+    repetition_penalty: float = 1.0  # 1 = off
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    min_new_tokens: int = 0  # end-of-sequence tokens are masked until this many were generated
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+    @classmethod
+    def option_names(cls) -> set[str]:
+        return {f.name for f in fields(cls)}
+
+    def validate(self) -> "SamplingParams":
+        """Raise LocalaiError naming the first out-of-range setting; return self."""
+        checks = [
+            (self.max_new_tokens >= 1, "max_new_tokens must be at least 1"),
+            (self.temperature >= 0, "temperature must be 0 (greedy) or more"),
+            (self.top_k >= 0, "top_k must be 0 (off) or more"),
+            (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
+            (0 <= self.min_p < 1, "min_p must be in [0, 1)"),
+            (self.repetition_penalty > 0, "repetition_penalty must be above 0"),
+            (self.min_new_tokens >= 0, "min_new_tokens must be 0 or more"),
+            (all(isinstance(s, str) and s for s in self.stop), "stop strings must be non-empty text"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise LocalaiError(message, "fix the sampling option")
+        return self
+
+
+@dataclass
+class Request:
+    """One prompt to answer. `prompt` (text or chat messages) is kept only for reporting."""
+
+    prompt_ids: list[int]
+    params: SamplingParams = field(default_factory=SamplingParams)
+    id: str | int | None = None
+    prompt: object = None

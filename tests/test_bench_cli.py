@@ -1,0 +1,126 @@
+"""`localai bench` end to end on CPU with tiny models: DP, TP, scaling, reports, bad input."""
+
+import json
+import os
+
+import pytest
+from typer.testing import CliRunner
+
+from localai.bench.tp import check_shardable, even_ranges
+from localai.cli import app
+from localai.errors import LocalaiError
+
+runner = CliRunner()
+TWO_CORES = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPU cores")
+SMALL = ["--input-len", "8", "--output-len", "5", "--warmup", "1"]
+
+
+@pytest.fixture(autouse=True)
+def global_state_restored(monkeypatch):
+    """`--device cpu` sets CUDA_VISIBLE_DEVICES and the global settings; undo both after each test."""
+    from localai.settings import settings
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    for name in ("device", "verbosity", "offline", "debug"):
+        monkeypatch.setattr(settings, name, getattr(settings, name))
+
+
+def bench(*args):
+    return runner.invoke(app, ["--device", "cpu", "bench", *map(str, args)])
+
+
+def one_line_error(result, code=1):
+    assert result.exit_code == code, result.output
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    return lines[0]
+
+
+@TWO_CORES
+def test_dp2_with_scaling_from_a_prompts_file(tiny_llama, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("The capital of France is\n{\"prompt\": \"Hello world! How are you\"}\nLocal models run\n")
+    result = bench(tiny_llama, "--dp", 2, "--scaling", "--prompts", prompts, "--num-requests", 5, *SMALL,
+                   "--repeats", 2, "--format", "json")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["schema"] == "localai.bench/1"
+    assert report["workload"]["source"] == str(prompts) and report["workload"]["num_requests"] == 5
+    dp, alone = report["runs"]
+    assert dp["name"] == "dp2" and alone["name"] == "dp1-alone"
+    assert len(dp["placements"]) == 2 and all(p.startswith("cpu core") for p in dp["placements"])
+    assert alone["placements"] == dp["placements"][:1] and len(dp["replicas"]) == 2
+    assert [r["requests"] for r in dp["replicas"]] == [3, 2] and alone["replicas"][0]["requests"] == 3
+    assert dp["metrics"]["completed"] == 5 and dp["metrics"]["total_output_tokens"] == 25  # EOS ignored
+    assert len(dp["repeats"]) == 2 and dp["metrics_sd"]["output_throughput"] is not None
+    assert report["scaling"]["processes"] == 2 and report["scaling"]["speedup"] > 0
+    env = report["environment"]
+    assert {"torch", "transformers", "bitsandbytes", "localai", "git_commit", "command", "cpu"} <= set(env)
+
+
+@TWO_CORES
+def test_compare_dp_tp_greedy_outputs_match(tiny_qwen3):
+    result = bench(tiny_qwen3, "--compare", "dp,tp", "--num-requests", 4, *SMALL, "--batch-size", 2)
+    assert result.exit_code == 0, result.stderr
+    table = result.stdout
+    assert table.startswith("run") and "dp2" in table and "tp2" in table
+    assert "greedy outputs match" in table and "gloo" in table
+
+
+def test_unknown_format(tiny_llama):
+    assert "unknown format 'xml'" in one_line_error(bench(tiny_llama, "--format", "xml"), code=2)
+
+
+def test_dp_beyond_the_cores(tiny_llama):
+    line = one_line_error(bench(tiny_llama, "--dp", 999, *SMALL))
+    assert "--dp 999 needs 999 CPU cores" in line
+
+
+def test_input_beyond_the_context(tiny_llama):
+    line = one_line_error(bench(tiny_llama, "--input-len", 500, "--output-len", 100))
+    assert "beyond the model's context of 512" in line
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--compare", "dp,pp"], "--compare 'dp,pp'"),
+    (["--dp", "2", "--tp", "2"], "not supported"),
+    (["--batch-size", "lots"], "--batch-size 'lots'"),
+    (["--emit", "sglang"], "--emit 'sglang'"),
+    (["--decode-mode", "fast"], "--decode-mode 'fast'"),
+])
+def test_bad_flags(tiny_llama, args, message):
+    assert message in one_line_error(bench(tiny_llama, *args), code=2)
+
+
+def test_graph_decoding_needs_a_gpu(tiny_llama):
+    assert "needs a CUDA GPU" in one_line_error(bench(tiny_llama, "--decode-mode", "graphs"))
+
+
+def test_unknown_model(localai_home):
+    assert "unknown model" in one_line_error(bench("no-such-model-alias"))
+
+
+def test_emit_vllm_prints_commands_without_running(tiny_llama):
+    result = bench(tiny_llama, "--dp", 2, "--input-len", 64, "--output-len", 32, "--emit", "vllm")
+    assert result.exit_code == 0, result.stderr
+    assert "vllm serve" in result.stdout and "--data-parallel-size 2" in result.stdout
+    assert "vllm bench serve" in result.stdout and "--random-input-len 64" in result.stdout
+    data = json.loads(bench(tiny_llama, "--emit", "vllm", "--format", "json").stdout)
+    assert set(data) == {"model", "serve", "bench", "notes"}
+
+
+def test_tp_shards_by_key_value_group():
+    assert even_ranges(3, 2) == [range(0, 2), range(2, 3)]  # SmolLM2-135M: 3 kv heads over 2 ranks
+    check_shardable("llama", 3, 2, "none")
+    with pytest.raises(LocalaiError, match="more than the model's 3 key/value heads"):
+        check_shardable("llama", 3, 4, "none")
+    with pytest.raises(LocalaiError, match="unquantized"):
+        check_shardable("qwen3", 3, 2, "turboquant")
+    with pytest.raises(LocalaiError, match="not .gpt2."):
+        check_shardable("gpt2", 12, 2, "none")
+
+
+def test_bench_help_lists_run_and_compare():
+    result = runner.invoke(app, ["bench", "--help"])
+    assert result.exit_code == 0 and "compare" in result.stdout and "run" in result.stdout

@@ -1,0 +1,98 @@
+"""Metric arithmetic of `localai bench` on hand-made timelines."""
+
+import math
+
+import pytest
+
+from localai.bench.metrics import RequestTrace, over_repeats, percentile, step_split, summarize
+from localai.bench.workload import Workload, check_context, random_workload, split
+from localai.errors import LocalaiError
+
+
+def batch_of_two():
+    # two requests admitted at t=0, prefilled together (first token at 1.0), then decode steps at 1.5, 2.0, 3.0
+    return [RequestTrace(0, 10, 0.0, [1.0, 1.5, 2.0, 3.0]), RequestTrace(1, 6, 0.0, [1.0, 1.5, 2.0, 3.0])]
+
+
+def test_request_latencies_follow_vllm_definitions():
+    trace = RequestTrace(0, 10, 0.5, [1.0, 1.5, 2.0, 3.0])
+    assert trace.ttft == pytest.approx(0.5)
+    assert trace.e2el == pytest.approx(2.5)
+    assert trace.itls == pytest.approx([0.5, 0.5, 1.0])
+    assert trace.tpot == pytest.approx((2.5 - 0.5) / 3)  # (latency - ttft) / (output - 1)
+    assert RequestTrace(1, 4, 0.0, [0.2]).tpot is None
+
+
+def test_summary_throughputs_count_the_right_tokens():
+    row = summarize([batch_of_two()])
+    assert row["duration_s"] == pytest.approx(3.0)
+    assert row["total_input_tokens"] == 16 and row["total_output_tokens"] == 8
+    assert row["output_throughput"] == pytest.approx(8 / 3)
+    assert row["total_token_throughput"] == pytest.approx((16 + 8) / 3)
+    assert row["request_throughput"] == pytest.approx(2 / 3)
+    assert row["mean_ttft_ms"] == pytest.approx(1000)
+    assert row["mean_itl_ms"] == pytest.approx(2000 / 3)
+    assert row["p99_e2el_ms"] == pytest.approx(3000)
+
+
+def test_prefill_and_decode_steps_are_told_apart():
+    prefill_s, prefill_tokens, decode_s, decode_tokens = step_split(batch_of_two())
+    assert (prefill_s, prefill_tokens) == (pytest.approx(1.0), 16)
+    assert (decode_s, decode_tokens) == (pytest.approx(2.0), 6)
+    row = summarize([batch_of_two()])
+    assert row["prefill_throughput"] == pytest.approx(16.0)
+    assert row["decode_throughput"] == pytest.approx(3.0)
+
+
+def test_replicas_aggregate_over_first_start_to_last_finish():
+    late = [RequestTrace(2, 10, 1.0, [2.0, 5.0])]  # a second replica that finishes last
+    row = summarize([batch_of_two(), late], peak_memory_mb=[100.0, 250.0])
+    assert row["duration_s"] == pytest.approx(5.0)
+    assert row["total_token_throughput"] == pytest.approx((16 + 8 + 10 + 2) / 5)
+    assert row["completed"] == 3
+    assert row["peak_memory_mb"] == 250.0
+    # step rates are per replica, then summed: replica 2 prefills 10 tokens in 1 s and decodes 1 token in 3 s
+    assert row["prefill_throughput"] == pytest.approx(16.0 + 10.0)
+    assert row["decode_throughput"] == pytest.approx(3.0 + 1 / 3)
+
+
+def test_percentiles_interpolate_like_numpy():
+    values = [1.0, 2.0, 3.0, 4.0, 10.0]
+    assert percentile(values, 50) == 3.0
+    assert percentile(values, 90) == pytest.approx(7.6)
+    assert percentile(values, 99) == pytest.approx(9.76)
+    assert percentile([5.0], 99) == 5.0
+
+
+def test_repeats_give_mean_and_sample_sd():
+    mean, sd = over_repeats([{"x": 1.0, "name": "a"}, {"x": 3.0, "name": "a"}])
+    assert mean["x"] == 2.0 and sd["x"] == pytest.approx(math.sqrt(2))
+    assert mean["name"] == "a" and sd["name"] is None
+
+
+def test_summary_without_tokens_is_an_error():
+    with pytest.raises(ValueError):
+        summarize([[RequestTrace(0, 3, 0.0, [])]])
+
+
+def test_random_workload_is_seeded_and_avoids_special_tokens():
+    a = random_workload(50, {0, 1, 2}, num_requests=4, input_len=7, output_len=3, seed=1)
+    b = random_workload(50, {0, 1, 2}, num_requests=4, input_len=7, output_len=3, seed=1)
+    c = random_workload(50, {0, 1, 2}, num_requests=4, input_len=7, output_len=3, seed=2)
+    assert a.prompts == b.prompts != c.prompts
+    assert all(len(p) == 7 and min(p) >= 3 for p in a.prompts)
+    assert Workload.from_dict(a.to_dict()) == a
+
+
+def test_workload_lengths_are_checked():
+    with pytest.raises(LocalaiError, match="--num-requests"):
+        random_workload(50, set(), num_requests=0, input_len=7, output_len=3, seed=1)
+    work = random_workload(50, set(), num_requests=1, input_len=100, output_len=30, seed=1)
+    check_context(work, 130)
+    with pytest.raises(LocalaiError, match="beyond the model's context of 128"):
+        check_context(work, 128)
+
+
+def test_requests_split_evenly_in_order():
+    assert split(5, 2) == [[0, 1, 2], [3, 4]]
+    assert split(2, 3) == [[0], [1], []]

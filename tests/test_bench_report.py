@@ -1,0 +1,172 @@
+"""Bench reports, `bench compare` and `--emit vllm`, without running a model."""
+
+import csv
+import io
+import json
+import shlex
+
+import pytest
+from typer.testing import CliRunner
+
+from localai.bench.compare import compare, parse_threshold, render_comparison
+from localai.bench.metrics import RequestTrace, summarize
+from localai.bench.report import SCHEMA, build_report, load_report, render, write_atomic
+from localai.bench.vllm import emit
+from localai.cli import app
+from localai.errors import LocalaiError
+
+runner = CliRunner()
+
+
+def fake_report(speed: float = 1.0) -> dict:
+    traces = [RequestTrace(i, 8, 0.0, [(0.1 + 0.05 * k) / speed for k in range(4)]) for i in range(2)]
+    metrics = summarize([traces], [123.0])
+    run = {"name": "dp2", "mode": "dp", "processes": 2, "placements": ["cpu core 0", "cpu core 1"], "batch_size": 1,
+           "metrics": metrics, "metrics_sd": {k: 0.0 for k in metrics}, "repeats": [metrics],
+           "replicas": [{"replica": i, "placement": f"cpu core {i}", **metrics} for i in range(2)]}
+    env = {"command": "localai bench tiny --dp 2", "torch": "x", "gpus": []}
+    workload = {"source": "random", "num_requests": 2, "input_len": 8, "output_len": 4, "seed": 0}
+    settings = {"dp": 2, "tp": 1, "repeats": 1}
+    result = {"runs": [run], "scaling": {"run": "dp2", "baseline": "dp1-alone", "processes": 2, "metric": "m",
+                                         "speedup": 1.9, "efficiency": 0.95}}
+    return build_report(env, {"name": "tiny"}, workload, settings, result)
+
+
+def test_json_report_schema():
+    report = json.loads(render(fake_report(), "json"))
+    assert report["schema"] == SCHEMA
+    assert {"environment", "model", "workload", "settings", "runs", "units"} <= set(report)
+    metrics = report["runs"][0]["metrics"]
+    for key in ("output_throughput", "total_token_throughput", "request_throughput", "prefill_throughput",
+                "decode_throughput", "mean_ttft_ms", "median_tpot_ms", "p90_itl_ms", "p99_e2el_ms", "peak_memory_mb"):
+        assert key in metrics
+    assert "input + output" in report["units"]["total_token_throughput"]
+
+
+def test_table_md_csv_jsonl_render_the_same_rows():
+    report = fake_report()
+    table = render(report, "table")
+    assert table.splitlines()[0].startswith("run") and "dp2/1" in table and "scaling: dp2 is 1.90x" in table
+    md = render(report, "md")
+    assert md.startswith("| run |") and "|---|" in md
+    rows = list(csv.DictReader(io.StringIO(render(report, "csv"))))
+    assert [r["run"] for r in rows] == ["dp2", "dp2/0", "dp2/1"]
+    assert float(rows[0]["output_throughput"]) == pytest.approx(report["runs"][0]["metrics"]["output_throughput"])
+    lines = [json.loads(line) for line in render(report, "jsonl").splitlines()]
+    assert len(lines) == 1 and lines[0]["run"]["name"] == "dp2" and "environment" in lines[0]
+
+
+def test_repeated_runs_show_mean_and_sd():
+    report = fake_report()
+    run = report["runs"][0]
+    run["repeats"] = [run["metrics"], run["metrics"]]
+    run["metrics_sd"]["output_throughput"] = 1.25
+    assert f"{run['metrics']['output_throughput']:.1f} ± 1.2" in render(report, "table")
+
+
+def test_unknown_format_is_an_error():
+    with pytest.raises(LocalaiError, match="unknown format"):
+        render(fake_report(), "xml")
+
+
+def test_threshold_parsing():
+    assert parse_threshold("5%") == pytest.approx(0.05)
+    assert parse_threshold("2.5") == pytest.approx(0.025)
+    with pytest.raises(LocalaiError):
+        parse_threshold("five")
+
+
+def test_compare_flags_changes_beyond_threshold():
+    a, b = fake_report(1.0), fake_report(1.10)  # B is 10% faster
+    result = compare(a, b, 0.05)
+    by_metric = {row["metric"]: row for row in result["rows"]}
+    assert by_metric["output_throughput"]["verdict"] == "better"
+    assert by_metric["output_throughput"]["change"] == pytest.approx(0.10)
+    assert by_metric["mean_e2el_ms"]["verdict"] == "better"  # lower latency is better
+    assert by_metric["peak_memory_mb"]["verdict"] == "same"
+    assert compare(b, a, 0.05)["rows"][0]["verdict"] == "worse"
+    assert compare(a, b, 0.20)["flagged"] == 0
+    assert "BETTER" in render_comparison(result)
+
+
+def test_compare_needs_a_common_run():
+    other = fake_report()
+    other["runs"][0]["name"] = "tp2"
+    with pytest.raises(LocalaiError, match="share no run"):
+        compare(fake_report(), other, 0.05)
+
+
+def test_write_atomic_leaves_only_the_finished_file(tmp_path):
+    target = tmp_path / "r.json"
+    write_atomic(target, "{}\n")
+    assert target.read_text() == "{}\n" and [p.name for p in tmp_path.iterdir()] == ["r.json"]
+    with pytest.raises(LocalaiError, match="does not exist"):
+        write_atomic(tmp_path / "missing" / "r.json", "{}")
+
+
+def test_bench_compare_command(tmp_path):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(render(fake_report(1.0), "json"))
+    b.write_text(render(fake_report(0.8), "json"))
+    result = runner.invoke(app, ["bench", "compare", str(a), str(b), "--threshold", "5%"])
+    assert result.exit_code == 0, result.stderr
+    assert "WORSE" in result.stdout and result.stderr == ""
+    result = runner.invoke(app, ["bench", "compare", str(a), str(b), "--json"])
+    assert json.loads(result.stdout)["flagged"] > 0
+
+
+@pytest.mark.parametrize("content, message", [(None, "not found"), ("{oops", "is not JSON"),
+                                              ('{"runs": []}', "not a localai bench report")])
+def test_bench_compare_bad_reports(tmp_path, content, message):
+    good, bad = tmp_path / "good.json", tmp_path / "bad.json"
+    good.write_text(render(fake_report(), "json"))
+    if content is not None:
+        bad.write_text(content)
+    result = runner.invoke(app, ["bench", "compare", str(good), str(bad)])
+    assert result.exit_code == 1 and result.stdout == ""
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    with pytest.raises(LocalaiError, match=message):
+        load_report(bad)
+
+
+# flags of vLLM's own parsers: vllm/engine/arg_utils.py, vllm/entrypoints/openai/cli_args.py,
+# vllm/entrypoints/cli/serve.py, vllm/benchmarks/serve.py, vllm/benchmarks/datasets/arg_utils.py
+VLLM_SERVE_FLAGS = {"--data-parallel-size", "--data-parallel-size-local", "--data-parallel-address",
+                    "--data-parallel-rpc-port", "--data-parallel-start-rank", "--data-parallel-backend",
+                    "--tensor-parallel-size", "--headless", "--max-model-len", "--max-num-seqs", "--seed",
+                    "--quantization"}
+VLLM_BENCH_FLAGS = {"--backend", "--model", "--dataset-name", "--random-input-len", "--random-output-len",
+                    "--random-range-ratio", "--ignore-eos", "--num-prompts", "--seed", "--request-rate",
+                    "--max-concurrency", "--percentile-metrics", "--metric-percentiles", "--save-result",
+                    "--result-filename"}
+
+
+def flags(line: str) -> set[str]:
+    return {word for word in shlex.split(line) if word.startswith("--")}
+
+
+def test_emitted_vllm_commands_use_real_flags():
+    out = emit("HuggingFaceTB/SmolLM2-135M-Instruct", "none", 4, input_len=1024, output_len=512,
+               num_prompts=1000, batch_size=64, seed=0)
+    serve_lines = [line for lines in out["serve"].values() for line in lines]
+    assert all(line.startswith("vllm serve HuggingFaceTB/SmolLM2-135M-Instruct ") for line in serve_lines)
+    assert all(flags(line) <= VLLM_SERVE_FLAGS for line in serve_lines)
+    assert "--data-parallel-size 4" in out["serve"]["dp"][0]
+    assert "--tensor-parallel-size 4" in out["serve"]["tp"][0]
+    head, other = out["serve"]["dp_two_nodes"]
+    assert "--data-parallel-size 8 --data-parallel-size-local 4" in head and "--headless" in other
+    assert "--data-parallel-start-rank 4" in other and "--data-parallel-backend ray" in out["serve"]["dp_ray"][0]
+    for line in out["bench"].values():
+        assert line.startswith("vllm bench serve ") and flags(line) <= VLLM_BENCH_FLAGS
+        assert "--random-input-len 1024 --random-output-len 512" in line and "--ignore-eos" in line
+    assert "--max-concurrency 256" in out["bench"]["dp"]  # 64 per replica x 4 replicas
+
+
+def test_emit_notes_what_vllm_cannot_load():
+    out = emit("./my-model", "turboquant", 2, 128, 128, 32, 8, 0)
+    assert "cannot load" in out["notes"][0]
+    assert all("--quantization" not in line for lines in out["serve"].values() for line in lines)
+    nf4 = emit("./my-model", "bitsandbytes", 2, 128, 128, 32, 8, 0)
+    assert "--quantization bitsandbytes" in nf4["serve"]["dp"][0]
+    smollm2 = emit("HuggingFaceTB/SmolLM2-135M-Instruct", "none", 2, 128, 128, 32, 8, 0, num_heads=9)
+    assert any("9 attention heads" in note for note in smollm2["notes"])

@@ -1,0 +1,248 @@
+"""`localai chat`: through a pipe, through a pseudo-terminal, and the REPL's commands and history."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import select
+import sys
+import time
+
+import pytest
+from typer.testing import CliRunner
+
+from localai.cli import app
+from localai.engine.conversation import Conversation
+from localai.engine.request import SamplingParams
+from localai.errors import LocalaiError
+
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def global_state_restored(monkeypatch):
+    from localai.settings import settings
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    for name in ("device", "verbosity", "offline", "debug"):
+        monkeypatch.setattr(settings, name, getattr(settings, name))
+
+
+def chat(*args, input=None):
+    return runner.invoke(app, ["--device", "cpu", "chat", *map(str, args)], input=input)
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_llama):
+    from localai.engine.api import Engine
+    from localai.loading import load_model, load_tokenizer
+
+    return Engine(load_model(tiny_llama, device="cpu"), load_tokenizer(tiny_llama))
+
+
+def greedy_answer(engine, messages, new_tokens):
+    from localai.engine.api import generate_batch
+
+    request = engine.request(messages=messages, params=SamplingParams(max_new_tokens=new_tokens))
+    return generate_batch(engine, [request])[0].text
+
+
+# --- through a pipe ---------------------------------------------------------------------------
+
+
+def test_piped_message_is_answered_once_on_stdout(tiny_llama, engine, localai_home):
+    result = chat(tiny_llama, "--temperature", 0, "--max-new-tokens", 8, "--system", "Be brief.", input="Hello\n")
+    assert result.exit_code == 0, result.stderr
+    expected = greedy_answer(engine, [{"role": "system", "content": "Be brief."},
+                                      {"role": "user", "content": "Hello"}], 8)
+    assert result.stdout == expected + "\n"
+    assert "> " not in result.stdout
+
+
+def test_history_file_carries_the_conversation_across_runs(tiny_llama, engine, tmp_path, localai_home):
+    history = tmp_path / "talk.json"
+    first = chat(tiny_llama, "--temperature", 0, "--max-new-tokens", 6, "--history", history, input="Hello\n")
+    assert first.exit_code == 0, first.stderr
+    saved = json.loads(history.read_text())
+    assert [m["role"] for m in saved["messages"]] == ["user", "assistant"]
+    second = chat(tiny_llama, "--temperature", 0, "--max-new-tokens", 6, "--history", history, input="Again\n")
+    assert second.exit_code == 0, second.stderr
+    messages = saved["messages"] + [{"role": "user", "content": "Again"}]
+    assert second.stdout == greedy_answer(engine, messages, 6) + "\n"
+    assert len(json.loads(history.read_text())["messages"]) == 4
+    assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_empty_pipe_is_a_usage_error(tiny_llama, localai_home):
+    result = chat(tiny_llama, input="")
+    assert result.exit_code == 2 and result.stdout == ""
+    assert "nothing to answer on stdin" in result.stderr
+
+
+def test_too_many_new_tokens_for_the_context_is_a_usage_error(tiny_llama, localai_home):
+    result = chat(tiny_llama, "--context", 64, "--max-new-tokens", 100, input="Hi\n")
+    assert result.exit_code == 2 and "lower --max-new-tokens" in result.stderr
+
+
+# --- the REPL in process ------------------------------------------------------------------------
+
+
+class RecordingSink:
+    """A tee target (the shape a speech session has); interrupts like Ctrl-C after `stop_after` pieces."""
+
+    def __init__(self, stop_after=None):
+        self.pieces, self.finished, self.aborted, self.stop_after = [], 0, 0, stop_after
+
+    def feed(self, text):
+        self.pieces.append(text)
+        if self.stop_after is not None and len(self.pieces) >= self.stop_after:
+            raise KeyboardInterrupt
+
+    def finish(self):
+        self.finished += 1
+
+    def abort(self):
+        self.aborted += 1
+
+
+def make_repl(engine, max_ctx=256, new_tokens=8, sink=None):
+    from localai.engine.repl import ChatRepl
+    from localai.engine.request import Request
+
+    plan = engine.plan_for([Request([0])], batch_size=1, max_ctx=max_ctx)
+    notices, written = [], []
+    repl = ChatRepl(engine, Conversation(), SamplingParams(max_new_tokens=new_tokens), plan,
+                    tee=[sink] if sink else [], notice=notices.append, write=written.append)
+    return repl, notices, written
+
+
+def test_answers_are_teed_to_extra_sinks(engine):
+    sink = RecordingSink()
+    repl, _, written = make_repl(engine, sink=sink)
+    reply = repl.answer("Hello")
+    assert "".join(sink.pieces) == reply and sink.finished == 1 and sink.aborted == 0
+    assert "".join(written) == reply + "\n"
+    assert repl.conversation.messages[-1] == {"role": "assistant", "content": reply}
+
+
+def test_ctrl_c_stops_the_answer_but_not_the_session(engine):
+    sink = RecordingSink(stop_after=2)
+    repl, notices, _ = make_repl(engine, new_tokens=40, sink=sink)
+    lines = iter(["Hello", "/help", "/exit"])
+    repl.run(lambda prompt: next(lines))
+    assert sink.aborted == 1 and sink.finished == 0
+    assert "(stopped)" in notices and any("/reset" in n for n in notices)
+    assert len(repl.conversation.messages) == 2  # the partial answer stays in the history
+
+
+def test_commands_reset_system_save_load(engine, tmp_path):
+    repl, notices, _ = make_repl(engine)
+    repl.answer("Hello")
+    saved = tmp_path / "chat.json"
+    lines = iter(["/system Be brief.", "/system", f"/save {saved}", "/reset", f"/load {saved}", "/bogus",
+                  "/load", ""])
+
+    def read(prompt):
+        try:
+            return next(lines)
+        except StopIteration:
+            raise EOFError from None
+
+    repl.run(read)
+    assert "system: Be brief." in notices
+    assert json.loads(saved.read_text())["system"] == "Be brief."
+    assert "(conversation cleared)" in notices and any(n.startswith("(loaded 2 messages") for n in notices)
+    assert any("unknown command /bogus" in n for n in notices) and any("/load needs a file name" in n for n in notices)
+    assert len(repl.conversation.messages) == 2 and repl.conversation.system == "Be brief."
+
+
+def test_old_turns_are_dropped_to_fit_the_context_and_the_user_is_told(engine):
+    repl, notices, _ = make_repl(engine, max_ctx=64, new_tokens=8)
+    for text in ["Hello there, how are you?", "Tell me about Paris.", "And Rome?"]:
+        repl.answer(text)
+    assert any(n.startswith("(dropped the 2 oldest messages") for n in notices)
+    assert repl.conversation.messages[0]["role"] == "user"
+    with pytest.raises(LocalaiError, match="fit in the context"):
+        repl.answer("word " * 200)
+    assert repl.conversation.messages[-1]["role"] == "assistant"  # the refused message is not kept
+
+
+def test_a_file_that_is_not_a_conversation_is_refused(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1, 2]")
+    with pytest.raises(LocalaiError, match="not a saved conversation"):
+        Conversation.load(bad)
+
+
+# --- through a pseudo-terminal -----------------------------------------------------------------
+
+
+class Terminal:
+    def __init__(self, args, env):
+        self.pid, self.fd = pty.fork()
+        if self.pid == 0:  # the child: become `localai`
+            os.execve(sys.executable, [sys.executable, "-m", "localai", *args], env)
+        self.seen, self.cursor = b"", 0
+
+    def read_until(self, marker: bytes, timeout: float = 120) -> bytes:
+        """Output from after the previous match up to and including `marker`."""
+        deadline = time.time() + timeout
+        while marker not in self.seen[self.cursor:] and time.time() < deadline:
+            ready, _, _ = select.select([self.fd], [], [], 0.2)
+            if ready:
+                try:
+                    chunk = os.read(self.fd, 4096)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                self.seen += chunk
+        found = self.seen.find(marker, self.cursor)
+        assert found >= 0, self.seen[self.cursor:].decode(errors="replace")
+        piece, self.cursor = self.seen[self.cursor:found + len(marker)], found + len(marker)
+        return piece
+
+    def send(self, data: bytes) -> None:
+        os.write(self.fd, data)
+
+    def wait(self, timeout: float = 60) -> int:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                return os.waitstatus_to_exitcode(status)
+            try:
+                os.read(self.fd, 4096)
+            except OSError:
+                pass
+            time.sleep(0.1)
+        os.kill(self.pid, 9)
+        raise AssertionError("chat did not exit")
+
+
+def test_chat_in_a_terminal_streams_keeps_going_after_ctrl_c_and_exits(tiny_llama, tmp_path):
+    env = dict(os.environ, LOCALAI_HOME=str(tmp_path / "home"), HF_HUB_OFFLINE="1", TERM="dumb")
+    term = Terminal(["--device", "cpu", "chat", str(tiny_llama), "--temperature", "0", "--max-new-tokens", "300",
+                     "--context", "512"], env)
+    term.read_until(b"> ")
+    term.send(b"Hello\n")
+    answer = term.read_until(b"\n> ")
+    assert answer.startswith(b"Hello\r\n") and len(answer) > len(b"Hello\r\n\r\n> ")
+    saved = tmp_path / "saved.json"
+    term.send(f"/save {saved}\n".encode())
+    term.read_until(b"(saved 2 messages")
+    term.read_until(b"> ")
+    term.send(b"\x03")  # Ctrl-C at the prompt: a fresh prompt, not an exit
+    term.read_until(b"> ")
+    term.send(b"Tell me more\n")
+    term.read_until(b"Tell me more\r\n")
+    term.send(b"\x03")  # Ctrl-C during (or right after) the answer
+    term.read_until(b"> ")
+    term.send(b"/help\n")
+    term.read_until(b"/reset")
+    term.read_until(b"> ")
+    term.send(b"/exit\n")
+    assert term.wait() == 0
+    assert len(json.loads(saved.read_text())["messages"]) == 2
+    assert "Hello" in (tmp_path / "home" / "chat_history").read_text()  # readline history was kept

@@ -1,0 +1,299 @@
+"""The engine against transformers: greedy equality, continuous batching, sampling, stops, OOM back-off."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from localai.engine.api import Engine, generate_batch, stream_generate
+from localai.engine.kv_cache import KVCache
+from localai.engine.request import Request, SamplingParams
+from localai.errors import LocalaiError
+
+PROMPTS = ["The capital of France", "Hello world! How are", "0123", "Local models run on one consumer GPU with four-bit",
+           "abc", "The capital of Italy is Rome. The capital of France is"]
+
+
+def load(folder):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval(), AutoTokenizer.from_pretrained(folder)
+
+
+def reference_ids(folder, prompts, new_tokens):
+    """transformers generate, one prompt at a time, greedy, EOS masked: the new token ids."""
+    model, tokenizer = load(folder)
+    outputs = []
+    with torch.inference_mode():
+        for prompt in prompts:
+            ids = tokenizer(prompt, return_tensors="pt").input_ids
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                                 min_new_tokens=new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+            outputs.append(out[0, ids.shape[1]:].tolist())
+    return outputs
+
+
+def fixed_length(engine, prompts, new_tokens, **params):
+    return [engine.request(p, chat=False, params=SamplingParams(max_new_tokens=new_tokens,
+                                                                 min_new_tokens=new_tokens, **params))
+            for p in prompts]
+
+
+@pytest.fixture(scope="module")
+def llama_engine(tiny_llama):
+    return Engine(*load(tiny_llama))
+
+
+@pytest.mark.parametrize("family", ["tiny_llama", "tiny_qwen3"])
+@pytest.mark.parametrize("lean", [True, False])
+def test_greedy_matches_transformers_token_for_token(family, lean, request):
+    folder = request.getfixturevalue(family)
+    engine = Engine(*load(folder), lean=lean)
+    assert engine.runner.kind == ("lean" if lean else "transformers")
+    results = generate_batch(engine, fixed_length(engine, PROMPTS, 24), batch_size=3)
+    assert [r.token_ids for r in results] == reference_ids(folder, PROMPTS, 24)
+
+
+def test_turboquant_checkpoint_runs_through_the_lean_engine(tiny_llama, tmp_path):
+    from localai.quant.pipeline import QuantizeOptions, quantize
+
+    quantize(tiny_llama, tmp_path / "tq", QuantizeOptions(use_calib=False))
+    engine = Engine(*load(tmp_path / "tq"))
+    layer = engine.runner.model.layers[0]
+    assert engine.runner.kind == "lean" and type(layer.qkv.parts[0]).__name__ == "TurboLinear"
+    results = generate_batch(engine, fixed_length(engine, PROMPTS[:3], 12), batch_size=3)
+    assert [r.token_ids for r in results] == reference_ids(tmp_path / "tq", PROMPTS[:3], 12)
+
+
+def test_qwen3_lean_forward_uses_q_k_norms_and_the_tied_embedding(tiny_qwen3):
+    engine = Engine(*load(tiny_qwen3))
+    assert engine.runner.kind == "lean"
+    layer = engine.runner.model.layers[0]
+    assert layer.q_norm is not None and layer.k_norm is not None
+    assert not engine.model.get_input_embeddings().weight.is_meta  # lookups still read the embedding
+
+
+def test_on_the_cpu_the_engine_takes_the_linear_weights_over(tiny_llama):
+    """Packed for oneDNN: the modules keep meta placeholders and the sizing counts the packed bytes."""
+    from localai.engine.sizing import tensor_bytes
+
+    model, tokenizer = load(tiny_llama)
+    before = tensor_bytes(model)
+    engine = Engine(model, tokenizer)
+    if engine.runner.model.layers[0].qkv.packed is None:
+        pytest.skip("this torch build has no oneDNN linear")
+    assert model.model.layers[0].self_attn.q_proj.weight.is_meta
+    assert engine.model_bytes == before
+    assert len(generate_batch(engine, fixed_length(engine, PROMPTS[:1], 4))[0].token_ids) == 4
+
+
+def test_continuous_batching_returns_every_request_once_independent_of_batch_size(llama_engine):
+    lengths = [3, 17, 1, 9, 30, 5, 12, 2]
+    prompts = (PROMPTS * 2)[:len(lengths)]
+
+    def run(batch, continuous=True):
+        requests = [llama_engine.request(p, chat=False, params=SamplingParams(max_new_tokens=n, min_new_tokens=n))
+                    for p, n in zip(prompts, lengths)]
+        events = list(stream_generate(llama_engine, requests, batch_size=batch, continuous=continuous))
+        finished = [e.index for e in events if e.finished]
+        assert sorted(finished) == list(range(len(lengths)))  # each exactly once
+        return generate_batch(llama_engine, requests, batch_size=batch, continuous=continuous)
+
+    reference = [r.token_ids for r in run(1)]
+    assert [len(ids) for ids in reference] == lengths
+    for batch in (2, 3, 8):
+        assert [r.token_ids for r in run(batch)] == reference
+    assert [r.token_ids for r in run(3, continuous=False)] == reference
+
+
+def test_events_stream_tokens_text_and_counters(llama_engine):
+    request = llama_engine.request("Hello world", chat=False, params=SamplingParams(max_new_tokens=6))
+    events = list(stream_generate(llama_engine, [request]))
+    assert len(events) == 6
+    assert [e.generated_tokens for e in events] == [1, 2, 3, 4, 5, 6]
+    assert [e.finished for e in events] == [False] * 5 + [True]
+    assert events[-1].finish_reason == "length"
+    last = events[-1]
+    assert last.prompt_tokens == len(request.prompt_ids)
+    assert last.time_to_first_token is not None and last.elapsed >= last.time_to_first_token
+    assert last.tokens_per_second > 0 and last.throughput > 0 and last.peak_memory > 0
+    text = "".join(e.text for e in events)
+    ids = [t for e in events for t in e.token_ids]
+    assert text == llama_engine.tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def test_sampling_is_reproducible_per_seed_whatever_shares_the_batch(llama_engine):
+    def sampled(seed, prompt="Hello world"):
+        return llama_engine.request(prompt, chat=False, params=SamplingParams(
+            max_new_tokens=12, min_new_tokens=12, temperature=1.0, top_k=50, top_p=0.95, seed=seed))
+
+    alone = generate_batch(llama_engine, [sampled(7)])[0].token_ids
+    again = generate_batch(llama_engine, [sampled(7)])[0].token_ids
+    crowd = generate_batch(llama_engine, [sampled(1, "abc"), sampled(7), sampled(2, "0123")], batch_size=3)
+    other = generate_batch(llama_engine, [sampled(8)])[0].token_ids
+    assert alone == again == crowd[1].token_ids
+    assert other != alone
+
+
+def test_stop_string_cuts_the_text_and_ends_the_request(llama_engine):
+    greedy = generate_batch(llama_engine, fixed_length(llama_engine, ["Hello world"], 16))[0]
+    text = greedy.text
+    stop = text[len(text) // 2: len(text) // 2 + 2]
+    assert stop.strip() and stop in text
+    request = llama_engine.request("Hello world", chat=False, params=SamplingParams(
+        max_new_tokens=16, min_new_tokens=16, stop=(stop,)))
+    events = list(stream_generate(llama_engine, [request]))
+    result = "".join(e.text for e in events)
+    assert result == text[:text.index(stop)]
+    assert events[-1].finish_reason == "stop"
+    assert len(events) < 16
+
+
+def test_end_of_sequence_token_finishes_with_stop(tiny_llama):
+    engine = Engine(*load(tiny_llama))
+    ids = generate_batch(engine, fixed_length(engine, ["Hello world"], 8))[0].token_ids
+    eos = next(t for i, t in enumerate(ids) if i >= 2 and t not in ids[:i])
+    engine.eos_ids = {eos}
+    result = generate_batch(engine, [engine.request("Hello world", chat=False,
+                                                    params=SamplingParams(max_new_tokens=8))])[0]
+    assert result.token_ids == ids[:ids.index(eos) + 1]
+    assert result.finish_reason == "stop"
+    masked = generate_batch(engine, fixed_length(engine, ["Hello world"], 8))[0]
+    assert masked.finish_reason == "length" and len(masked.token_ids) == 8
+
+
+class FakeAllocatorLimit:
+    """Wraps a runner: any forward over more than `limit` rows raises torch.OutOfMemoryError."""
+
+    def __init__(self, runner, limit: int):
+        self.runner, self.limit, self.refusals = runner, limit, 0
+
+    def __getattr__(self, name):
+        return getattr(self.runner, name)
+
+    def _check(self, tokens):
+        if tokens.shape[0] > self.limit:
+            self.refusals += 1
+            raise torch.OutOfMemoryError(f"fake allocator limit: {tokens.shape[0]} rows > {self.limit}")
+
+    def prefill(self, tokens, *args, **kwargs):
+        self._check(tokens)
+        return self.runner.prefill(tokens, *args, **kwargs)
+
+    def decode(self, tokens, *args, **kwargs):
+        self._check(tokens)
+        return self.runner.decode(tokens, *args, **kwargs)
+
+
+def test_out_of_memory_halves_the_batch_and_loses_or_repeats_nothing(tiny_llama):
+    engine = Engine(*load(tiny_llama))
+    lengths = [5, 11, 3, 8, 14, 6, 9, 4]
+    prompts = (PROMPTS * 2)[:len(lengths)]
+
+    def requests():
+        return [engine.request(p, chat=False, params=SamplingParams(max_new_tokens=n, min_new_tokens=n))
+                for p, n in zip(prompts, lengths)]
+
+    reference = [r.token_ids for r in generate_batch(engine, requests(), batch_size=8)]
+    notices = []
+    engine.notice = notices.append
+    limited = FakeAllocatorLimit(engine.runner, limit=3)
+    engine.runner = limited
+    events = list(stream_generate(engine, requests(), batch_size=8))
+    assert limited.refusals >= 1 and any("out of memory" in n for n in notices)
+    tokens = {}
+    for event in events:
+        tokens.setdefault(event.index, []).extend(event.token_ids)
+    assert [tokens[i] for i in range(len(lengths))] == reference  # nothing lost, nothing repeated
+    assert sorted(e.index for e in events if e.finished) == list(range(len(lengths)))
+
+
+def test_out_of_memory_with_one_sequence_is_a_one_line_error(tiny_llama):
+    engine = Engine(*load(tiny_llama))
+    engine.runner = FakeAllocatorLimit(engine.runner, limit=0)
+    with pytest.raises(LocalaiError, match="out of memory"):
+        generate_batch(engine, fixed_length(engine, ["Hello"], 4))
+
+
+def test_long_prompts_are_prefilled_in_chunks(tiny_llama):
+    engine = Engine(*load(tiny_llama))
+    prompt = " ".join(["The capital of France is Paris."] * 12)
+    expected = generate_batch(engine, fixed_length(engine, [prompt], 8))[0].token_ids
+    engine.prefill_tokens = 16
+    assert len(engine.request(prompt, chat=False).prompt_ids) > 16
+    assert generate_batch(engine, fixed_length(engine, [prompt, "abc"], 8), batch_size=2)[0].token_ids == expected
+
+
+def test_bad_requests_are_refused(llama_engine):
+    with pytest.raises(LocalaiError, match="empty"):
+        list(stream_generate(llama_engine, [Request(prompt_ids=[])]))
+    with pytest.raises(LocalaiError, match="context"):
+        list(stream_generate(llama_engine, [Request(prompt_ids=[5] * 600)]))
+    with pytest.raises(LocalaiError, match="temperature"):
+        SamplingParams(temperature=-1).validate()
+
+
+def test_chat_template_is_applied_when_the_tokenizer_has_one(llama_engine):
+    tokenizer = llama_engine.tokenizer
+    chat = llama_engine.request("Hi", system="Be brief.").prompt_ids
+    text = tokenizer.decode(chat)
+    assert "<|im_start|>system\nBe brief.<|im_end|>" in text and text.endswith("<|im_start|>assistant\n")
+    assert llama_engine.request("Hi", chat=False).prompt_ids == tokenizer("Hi")["input_ids"]
+
+
+def test_kv_cache_writes_reads_and_moves_slots():
+    cache = KVCache(layers=2, slots=3, kv_heads=2, max_ctx=8, head_dim=4, dtype=torch.float32, device="cpu")
+    k = torch.arange(2 * 2 * 1 * 4, dtype=torch.float32).view(2, 2, 1, 4)  # [B, kvh, T, D]
+    positions = torch.tensor([[3], [5]])
+    index = (((1 + torch.arange(2))[:, None, None] * 2 + torch.arange(2)[None, :, None]) * 8
+             + positions[:, None, :]).reshape(-1)
+    keys, values = cache.write_read(1, index, k, -k, slot0=1, batch=2, length=6)
+    assert keys.shape == (2, 2, 6, 4)
+    assert torch.equal(keys[0, :, 3], k[0, :, 0]) and torch.equal(values[1, :, 5], -k[1, :, 0])
+    assert cache.keys[0].abs().sum() == 0  # other layers untouched
+    cache.move(src=2, dst=0, length=6)
+    assert torch.equal(cache.keys[1, 0, :, 5], k[1, :, 0])
+    assert cache.nbytes == 2 * 2 * 3 * 2 * 8 * 4 * 4
+
+
+def test_fixed_shape_decode_pads_to_buckets_and_matches_the_eager_step(tiny_llama):
+    """The step CUDA graphs and torch.compile replay (full-cache masks, batch padded to a bucket,
+    padding rows on the scratch position), run eagerly on the CPU."""
+    from localai.engine.runners import PaddedStep
+
+    engine = Engine(*load(tiny_llama))
+    lengths = [4, 9, 2, 7, 12]
+    prompts = PROMPTS[:len(lengths)]
+
+    def run():
+        requests = [engine.request(p, chat=False, params=SamplingParams(max_new_tokens=n, min_new_tokens=n))
+                    for p, n in zip(prompts, lengths)]
+        return [r.token_ids for r in generate_batch(engine, requests, batch_size=5, max_ctx=40)]
+
+    expected = run()
+    runner = engine.runner
+    plain_allocate = runner.allocate
+
+    def allocate(slots, max_ctx):
+        plain_allocate(slots, max_ctx)
+        runner._fixed_step = PaddedStep(runner._full_view_step, slots, max_ctx)
+
+    runner.allocate, runner.slots = allocate, 0
+    assert run() == expected
+    assert runner._fixed_step.sizes == [1, 2, 4, 5]
+
+
+def test_a_step_that_cannot_be_replayed_falls_back_to_eager_decoding(tiny_llama):
+    engine = Engine(*load(tiny_llama))
+    expected = generate_batch(engine, fixed_length(engine, PROMPTS[:2], 6), batch_size=2)
+    notices = []
+    engine.runner.notice = notices.append
+
+    def broken_step(tokens, start):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    engine.runner._fixed_step, engine.runner.decode_mode = broken_step, "graphs"
+    engine.runner.allocate = lambda slots, max_ctx: None  # keep the broken step in place
+    result = generate_batch(engine, fixed_length(engine, PROMPTS[:2], 6), batch_size=2)
+    assert [r.token_ids for r in result] == [r.token_ids for r in expected]
+    assert engine.runner.decode_mode == "eager" and any("decoding eagerly" in n for n in notices)

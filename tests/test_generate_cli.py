@@ -1,0 +1,143 @@
+"""`localai generate`: prompt sources, output formats, order, stats, and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from localai.cli import app
+
+runner = CliRunner()
+PROMPTS = ["The capital of France", "Hello world! How are", "0123"]
+
+
+@pytest.fixture(autouse=True)
+def global_state_restored(monkeypatch):
+    """`--device cpu` and `-v` change process-wide settings; undo them after each test."""
+    from localai.settings import settings
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    for name in ("device", "verbosity", "offline", "debug"):
+        monkeypatch.setattr(settings, name, getattr(settings, name))
+
+
+def generate(*args, input=None, options=("--device", "cpu")):
+    return runner.invoke(app, [*options, "generate", *map(str, args)], input=input)
+
+
+@pytest.fixture(scope="module")
+def expected(tiny_llama):
+    """Greedy answers from the engine API, the reference for what the CLI prints."""
+    from localai.engine.api import Engine, generate_batch
+    from localai.engine.request import SamplingParams
+    from localai.loading import load_model, load_tokenizer
+
+    engine = Engine(load_model(tiny_llama, device="cpu"), load_tokenizer(tiny_llama))
+    requests = [engine.request(p, params=SamplingParams(max_new_tokens=8)) for p in PROMPTS]
+    return [r.text for r in generate_batch(engine, requests)]
+
+
+def one_line_error(result, code=1):
+    assert result.exit_code == code, result.output
+    assert result.stdout == ""
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    return lines[0]
+
+
+def test_single_prompt_streams_the_answer_to_stdout(tiny_llama, expected):
+    result = generate(tiny_llama, PROMPTS[0], "--max-new-tokens", 8)
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == expected[0] + "\n"
+    assert "loading" in result.stderr
+
+
+def test_several_prompts_answer_in_input_order_separated_by_blank_lines(tiny_llama, expected):
+    result = generate(tiny_llama, *PROMPTS, "--max-new-tokens", 8, "--batch-size", 2)
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == "\n\n".join(expected) + "\n"
+
+
+def test_jsonl_has_one_object_per_request_in_input_order(tiny_llama, expected):
+    result = generate(tiny_llama, *PROMPTS, "--max-new-tokens", 8, "--jsonl")
+    assert result.exit_code == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["id"] for r in rows] == [0, 1, 2]
+    assert [r["prompt"] for r in rows] == PROMPTS
+    assert [r["text"] for r in rows] == expected
+    assert all(r["tokens"]["generated"] == 8 and r["finish_reason"] == "length" for r in rows)
+    assert set(rows[0]["timings"]) == {"time_to_first_token_s", "total_s", "tokens_per_second"}
+
+
+def test_json_document_holds_results_and_stats(tiny_llama, expected):
+    result = generate(tiny_llama, *PROMPTS[:2], "--max-new-tokens", 8, "--json")
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert [r["text"] for r in data["results"]] == expected[:2]
+    assert data["stats"]["generated_tokens"] == 16 and data["stats"]["engine"] == "lean"
+
+
+def test_prompts_from_a_file_and_from_stdin(tiny_llama, expected, tmp_path):
+    file = tmp_path / "prompts.txt"
+    file.write_text("\n".join(PROMPTS) + "\n")
+    from_file = generate(tiny_llama, "-f", file, "--max-new-tokens", 8)
+    assert from_file.exit_code == 0, from_file.stderr
+    assert from_file.stdout == "\n\n".join(expected) + "\n"
+    piped = generate(tiny_llama, "--max-new-tokens", 8, input="\n".join(PROMPTS[:2]) + "\n")
+    assert piped.exit_code == 0 and piped.stdout == "\n\n".join(expected[:2]) + "\n"
+    dash = generate(tiny_llama, PROMPTS[0], "-", "--max-new-tokens", 8, input=PROMPTS[1] + "\n")
+    assert dash.stdout == "\n\n".join(expected[:2]) + "\n"
+
+
+def test_jsonl_file_with_per_request_options_and_messages(tiny_llama, tmp_path):
+    file = tmp_path / "batch.jsonl"
+    file.write_text("\n".join(json.dumps(row) for row in [
+        {"id": "short", "prompt": PROMPTS[0], "max_new_tokens": 3},
+        {"id": "chat", "messages": [{"role": "user", "content": "Hi"}], "max_new_tokens": 5},
+        {"id": "sampled", "prompt": PROMPTS[1], "temperature": 0.9, "seed": 4, "max_new_tokens": 6},
+    ]) + "\n")
+    result = generate(tiny_llama, "-f", file, "--jsonl")
+    assert result.exit_code == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["id"] for r in rows] == ["short", "chat", "sampled"]
+    assert [r["tokens"]["generated"] for r in rows] == [3, 5, 6]
+    again = generate(tiny_llama, "-f", file, "--jsonl")
+    assert [json.loads(line)["text"] for line in again.stdout.splitlines()] == [r["text"] for r in rows]
+
+
+def test_a_malformed_line_is_reported_with_its_number_before_loading_the_model(tmp_path):
+    file = tmp_path / "batch.jsonl"
+    file.write_text('{"prompt": "fine"}\n{"prompt": "broken"\n')
+    result = generate(tmp_path / "no-such-model", "-f", file)
+    line = one_line_error(result)
+    assert f"{file}:2: not valid JSON" in line
+    assert "loading" not in result.stderr
+
+
+def test_stats_go_to_stderr_and_verbose_shows_the_sizing_arithmetic(tiny_llama, expected):
+    result = generate(tiny_llama, PROMPTS[0], "--max-new-tokens", 8, "--stats", options=("--device", "cpu", "-v"))
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == expected[0] + "\n"
+    stderr = " ".join(result.stderr.split())
+    assert "1 requests: " in stderr and "8 generated tokens" in stderr and "tokens/s" in stderr
+    assert "KV bytes per token: 2 x layers x kv_heads x head_dim x dtype bytes = 512" in stderr
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["--batch-size", "lots"], 2, "--batch-size must be auto or a positive number"),
+    (["--temperature", "-1"], 1, "temperature must be 0"),
+    (["--top-p", "0"], 1, "top_p must be in"),
+])
+def test_bad_options_are_one_line_errors(tiny_llama, args, code, message):
+    assert message in one_line_error(generate(tiny_llama, "hi", *args), code)
+
+
+def test_no_prompts_is_a_usage_error(tiny_llama):
+    assert "no prompts" in one_line_error(generate(tiny_llama, input=""), 2)
+
+
+def test_unknown_model_is_a_one_line_error(tmp_path, localai_home):
+    line = one_line_error(generate(tmp_path / "nothing-here", "hi"))
+    assert "nothing-here" in line
