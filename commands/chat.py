@@ -13,7 +13,7 @@ def main(
     system: Optional[str] = typer.Option(None, "--system", help="System message."),
     history: Optional[str] = typer.Option(None, "--history", help="Conversation file: loaded if it exists, "
                                           "saved after every turn."),
-    max_new_tokens: int = typer.Option(512, "--max-new-tokens", help="Longest answer, in tokens."),
+    max_new_tokens: int = typer.Option(512, "--max-new-tokens", min=1, help="Longest answer, in tokens."),
     temperature: float = typer.Option(0.7, "--temperature", help="0 = greedy; higher = more random."),
     top_p: float = typer.Option(0.95, "--top-p", help="Sample from the smallest set with this much probability."),
     top_k: int = typer.Option(0, "--top-k", help="Sample from the K most likely tokens (0 = all)."),

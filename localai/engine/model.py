@@ -22,6 +22,7 @@ from localai.engine.kv_cache import KVCache
 SUPPORTED_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 EXACT_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 PACK_BATCH_HINT = 16  # oneDNN picks its weight blocking for this many rows; measured best from 4 rows up
+MIN_PACKED_ROWS = 4  # fewer rows are padded up to this many (measured faster, 1 and 2 threads)
 
 
 def rope_type(config) -> str:
@@ -111,7 +112,10 @@ class Projection:
     def joined(self, x: torch.Tensor) -> torch.Tensor:
         """Fused layers only: x: [N, in] -> [N, sum of outs], the outputs side by side."""
         if self.packed is not None:
-            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+            rows = x.shape[0]
+            if rows < MIN_PACKED_ROWS:  # oneDNN's few-row kernel is slower than its 4-row one: pad
+                x = F.pad(x, (0, 0, 0, MIN_PACKED_ROWS - rows))
+            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")[:rows]
         return F.linear(x, self.weight, self.bias)
 
     def tensors(self) -> list[torch.Tensor]:
