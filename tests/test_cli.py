@@ -140,43 +140,46 @@ def test_generate_streams_text_to_stdout_only(tiny_llama):
     assert "loading" in result.stderr and "loading" not in result.stdout
 
 
+def generate_jsonl(*args) -> dict:
+    result = runner.invoke(app, ["generate", *args, "--jsonl"])
+    assert result.exit_code == 0, result.stderr
+    return json.loads(result.stdout)
+
+
 def test_generate_greedy_is_deterministic_and_matches_transformers(tiny_qwen3):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from localai.hf_generate import encode_prompt
+    from localai.engine.prompts import encode_prompt
 
-    args = ["generate", str(tiny_qwen3), "Hello world", "--max-new-tokens", "12", "--json"]
-    first = json.loads(runner.invoke(app, args).stdout)
-    second = json.loads(runner.invoke(app, args).stdout)
-    assert first["text"] == second["text"] and first["tokens"] == 12 and first["finish_reason"] == "length"
+    first = generate_jsonl(str(tiny_qwen3), "Hello world", "--max-new-tokens", "12")
+    second = generate_jsonl(str(tiny_qwen3), "Hello world", "--max-new-tokens", "12")
+    assert first["text"] == second["text"] and first["tokens"]["generated"] == 12
+    assert first["finish_reason"] == "length"
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_qwen3)
     model = AutoModelForCausalLM.from_pretrained(tiny_qwen3, dtype=torch.float32)
-    ids = encode_prompt(tokenizer, "Hello world")
+    ids = torch.tensor([encode_prompt(tokenizer, "Hello world", None, None, None)])
     out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False)
     assert first["text"] == tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
 
 
 def test_generate_sampling_follows_the_seed(tiny_llama):
     def sample(seed: str) -> str:
-        args = ["generate", str(tiny_llama), "Hi", "--max-new-tokens", "12", "--temperature", "1.5",
-                "--seed", seed, "--json"]
-        return json.loads(runner.invoke(app, args).stdout)["text"]
+        return generate_jsonl(str(tiny_llama), "Hi", "--max-new-tokens", "12", "--temperature", "1.5",
+                              "--seed", seed)["text"]
 
     assert sample("1") == sample("1")
     assert len({sample("1"), sample("2"), sample("3")}) > 1
 
 
-def test_generate_json_fields(tiny_llama):
-    result = runner.invoke(app, ["generate", str(tiny_llama), "Hi", "--max-new-tokens", "3", "--json",
-                                 "--system", "Be brief."])
-    data = json.loads(result.stdout)
-    assert set(data) >= {"model", "prompt", "text", "tokens", "finish_reason", "seconds"}
+def test_generate_jsonl_fields(tiny_llama):
+    data = generate_jsonl(str(tiny_llama), "Hi", "--max-new-tokens", "3", "--system", "Be brief.")
+    assert set(data) >= {"id", "prompt", "text", "tokens", "finish_reason", "timings"}
     assert data["prompt"] == "Hi"
 
 
 def test_generate_unknown_model(localai_home):
     result = runner.invoke(app, ["generate", "no-such-model", "hi"])
     assert result.exit_code == 1 and result.stdout == ""
-    assert result.stderr.startswith("error: unknown model")
+    assert result.stderr.splitlines()[-1].startswith("error: unknown model")

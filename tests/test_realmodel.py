@@ -45,14 +45,14 @@ def test_tokenizer_has_chat_template_and_end_of_turn(smollm2):
 
 
 def test_greedy_answer_names_paris(smollm2):
-    from localai.hf_generate import stream_generate
-    from localai.loading import load_model, load_tokenizer
+    from localai.engine.api import Engine, generate_batch
+    from localai.engine.request import SamplingParams
 
-    model, tokenizer = load_model(smollm2, device="cpu"), load_tokenizer(smollm2)
-    steps = list(stream_generate(model, tokenizer, QUESTION, max_new_tokens=24, temperature=0.0))
-    answer = "".join(step.text for step in steps)
-    assert "Paris" in answer
-    assert steps[-1].finish_reason == "stop"  # ends with <|im_end|>, not the token limit
+    engine = Engine.load(str(smollm2), device="cpu")
+    request = engine.request(QUESTION, params=SamplingParams(max_new_tokens=24, temperature=0.0))
+    (result,) = generate_batch(engine, [request])
+    assert "Paris" in result.text
+    assert result.finish_reason == "stop"  # ends with <|im_end|>, not the token limit
 
 
 def test_cli_generate_with_the_alias(smollm2_home):
