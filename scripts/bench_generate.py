@@ -137,7 +137,7 @@ def main() -> None:
     engine = Engine(engine_model, tokenizer)
     report = {"model": path, "threads": args.threads, "torch": torch.__version__, "runner": engine.runner.kind,
               "compare": [], "mixed": None}
-    for batch in (int(b) for b in args.batches.split(",")):
+    for batch in (int(b) for b in args.batches.split(",") if b):
         row = compare(hf_model, engine, tokenizer, batch, args.new_tokens, args.repeats)
         report["compare"].append(row)
         print(f"batch {batch:>3}: transformers {row['transformers_tokens_per_s']:8.1f} tok/s | localai "

@@ -185,6 +185,26 @@ class FakeAllocatorLimit:
         return self.runner.decode(tokens, *args, **kwargs)
 
 
+def test_static_batches_keep_finished_rows_and_continuous_batching_refills_them(tiny_llama):
+    engine = Engine(*load(tiny_llama))
+    recorder = FakeAllocatorLimit(engine.runner, limit=10**6)
+    engine.runner = recorder
+    decoded_rows = []
+    plain_decode = recorder.decode
+    recorder.decode = lambda tokens, *args: decoded_rows.append(tokens.shape[0]) or plain_decode(tokens, *args)
+    lengths = [2, 6, 3]
+
+    def run(continuous):
+        decoded_rows.clear()
+        requests = [engine.request(p, chat=False, params=SamplingParams(max_new_tokens=n, min_new_tokens=n))
+                    for p, n in zip(PROMPTS, lengths)]
+        results = generate_batch(engine, requests, batch_size=2, continuous=continuous)
+        return [len(r.token_ids) for r in results], list(decoded_rows)
+
+    assert run(continuous=False) == (lengths, [2] * 5 + [1] * 2)  # [2, 6] together, then [3] alone
+    assert run(continuous=True) == (lengths, [2, 2, 2, 1, 1])  # 3 takes the row 2 frees right away
+
+
 def test_out_of_memory_halves_the_batch_and_loses_or_repeats_nothing(tiny_llama):
     engine = Engine(*load(tiny_llama))
     lengths = [5, 11, 3, 8, 14, 6, 9, 4]

@@ -58,7 +58,7 @@ class Engine:
             self.runner = FallbackRunner(model)
         self.eos_ids = eos_token_ids(model, tokenizer)
         self.shape = ModelShape.from_config(model.config, torch.finfo(self.runner.dtype).bits // 8)
-        self.model_bytes = tensor_bytes(model) + (self.runner.model.packed_bytes() if self.fallback_reason is None else 0)
+        self.model_bytes = tensor_bytes(model) + self.runner.weight_bytes()
         self.prefill_tokens = PREFILL_TOKENS[self.kind]
         self.notice = notice
         self.plan: MemoryPlan | None = None

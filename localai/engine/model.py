@@ -178,7 +178,7 @@ class Step:
     kv_len: int
     cos: torch.Tensor  # [B, 1, T, D]
     sin: torch.Tensor  # [B, 1, T, D]
-    masks: dict  # window -> [B, 1, T, kv_len] bool, or None when every key is visible
+    masks: dict  # window (None = full) -> bool mask [B, 1, T, kv_len]; empty when every key is visible
     write_index: torch.Tensor  # [B * kv_heads * T] rows of the flattened per-layer cache
 
 

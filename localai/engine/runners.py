@@ -55,6 +55,10 @@ class LeanRunner:
     def cache_bytes(self) -> int:
         return self.model.cache.nbytes if self.model.cache is not None else 0
 
+    def weight_bytes(self) -> int:
+        """Weights held outside the model's parameters (packed for oneDNN on the CPU)."""
+        return self.model.packed_bytes()
+
     def prefill(self, tokens, start, slot0, kv_len, last, lengths=None) -> torch.Tensor:
         return self.model(tokens, start, slot0, kv_len, last)
 
@@ -116,6 +120,9 @@ class FallbackRunner:
 
     def cache_bytes(self) -> int:
         return 0  # grows with use; accounted for by the sizing estimate
+
+    def weight_bytes(self) -> int:
+        return 0
 
     def _step(self, slot: int, tokens: torch.Tensor, start: int) -> torch.Tensor:
         """tokens: [T] for one slot whose cache holds `start` tokens -> logits [T, vocab]."""

@@ -34,6 +34,7 @@ class Sequence:
     generated: list[int] = field(default_factory=list)
     slot: int = -1
     cached: bool = False  # the cache holds ids[:-1] (set by prefill, cleared when preempted)
+    done: bool = False  # finished; in a static batch it keeps its row (decoded, ignored) until the batch ends
     admitted_at: float | None = None
     first_token_at: float | None = None
 
@@ -43,6 +44,9 @@ class Sequence:
 
 
 class Scheduler:
+    """continuous=False gives classic static batching for comparison: a batch is admitted whole,
+    and finished requests keep their rows (computed, ignored) until its longest request ends."""
+
     def __init__(self, runner, tokenizer, eos_ids: Iterable[int], slots: int, prefill_tokens: int,
                  continuous: bool = True, device: str | torch.device = "cpu",
                  notice: Callable[[str], None] = lambda message: None,
@@ -90,7 +94,7 @@ class Scheduler:
 
     def _admit(self, waiting: deque, active: list) -> None:
         if not self.continuous and active:
-            return  # static batching: a new batch starts only when the whole batch is done
+            return  # static batching: a new batch starts only when the whole batch is done (see _advance)
         while waiting and len(active) < self.slots:
             seq = waiting.popleft()
             seq.slot = len(active)
@@ -157,7 +161,8 @@ class Scheduler:
             self.slots = keep
             for seq in reversed(active[keep:]):
                 seq.slot, seq.cached = -1, False
-                waiting.appendleft(seq)
+                if not seq.done:  # a finished row of a static batch has nothing left to do
+                    waiting.appendleft(seq)
             del active[keep:]
             return None
         if self.prefill_tokens > 16:
@@ -165,7 +170,8 @@ class Scheduler:
             self.notice(f"out of memory with one sequence: prefilling {self.prefill_tokens} tokens at a time")
             for seq in reversed(active):
                 seq.slot, seq.cached = -1, False
-                waiting.appendleft(seq)
+                if not seq.done:
+                    waiting.appendleft(seq)
             active.clear()
             return None
         raise LocalaiError("out of memory with a single sequence",
@@ -173,13 +179,19 @@ class Scheduler:
 
     # --- bookkeeping -------------------------------------------------------------------
     def _advance(self, seqs: list[Sequence], logits: torch.Tensor, active: list) -> Iterator[GenerationEvent]:
+        running = [(row, seq) for row, seq in enumerate(seqs) if not seq.done]
+        if len(running) < len(seqs):
+            logits = logits[[row for row, _ in running]]
         with torch.inference_mode():
-            tokens = pick_tokens(logits, seqs, self.eos_ids)
+            tokens = pick_tokens(logits, [seq for _, seq in running], self.eos_ids)
         now, peak = self.clock(), self.peak_memory()
-        events = [self._append(seq, token, now, peak) for seq, token in zip(seqs, tokens)]
-        for seq, event in zip(seqs, events):
-            if event.finished:
+        events = [self._append(seq, token, now, peak) for (_, seq), token in zip(running, tokens)]
+        for (_, seq), event in zip(running, events):
+            seq.done = event.finished
+            if seq.done and self.continuous:
                 self._release(seq, active)
+        if not self.continuous and all(seq.done for seq in active):
+            active.clear()  # a static batch ends only when its longest request does
         yield from events
 
     def _append(self, seq: Sequence, token: int, now: float, peak: int) -> GenerationEvent:

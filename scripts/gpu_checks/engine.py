@@ -159,12 +159,12 @@ def engine_table(report: dict, label: str, model, modes: dict) -> None:
             report[f"{label}/{mode}"] = {"error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
             continue
         for batch in batches:
-            def measure():
+            def measure(engine=engine, batch=batch):
                 tps, _, warm = engine_generate(engine, batch)
                 return {"tokens_per_s": round(tps, 1), "warmup_s": round(warm, 2)}
 
             attempt(report, f"{label}/{mode}/b{batch}", COMPILE_NEED_S if mode == "compile" else 4, measure)
-        del engine
+        engine = None  # free its fused weights and cache before the next mode
         torch.cuda.empty_cache()
 
 
