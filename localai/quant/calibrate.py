@@ -9,7 +9,6 @@ dequantized weight during calibration so the next forward sees its real error.
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass, field
 
@@ -31,7 +30,6 @@ class QuantSpec:
     max_block: int = 128
     quantize_head: bool = False
     damp: float = gptq.DEFAULT_DAMP
-    asymmetric: bool = True  # also correct the input error left by earlier layers
 
 
 @dataclass
@@ -99,34 +97,19 @@ def quantize_data_free(model, spec: QuantSpec, device="cpu", on_layer=None) -> Q
     return result
 
 
-def asymmetric_target(w: torch.Tensor, hessian: torch.Tensor, cross: torch.Tensor, damp: float) -> torch.Tensor:
-    """The weight that best maps the quantized model's inputs to the full-precision outputs.
-
-    With X_q the inputs in the partly quantized model and X_f those in the original one
-    (same tokens), H = X_q^T X_q and C = X_q^T X_f: argmin_w' |X_q w' - X_f w|^2 is
-    w + H^-1 (C - H) w (row by row; H dampened). GPTQ then quantizes toward it, so each
-    layer also corrects the error the layers before it left in its inputs (the asymmetric
-    calibration of GPTAQ, Li et al., 2025).
-    """
-    h = hessian.clone()
-    idx = torch.arange(h.shape[0], device=h.device)
-    h[idx, idx] += damp * torch.diag(h).mean().clamp_min(1e-8)
-    correction = torch.linalg.solve(h, (cross - hessian) @ w.T)  # [K, N]
-    return w + correction.T
-
-
-def _quantize_calibrated(name: str, linear: torch.nn.Linear, hessian: torch.Tensor, spec: QuantSpec,
-                         cross: torch.Tensor | None = None) -> tuple[PackedWeight, LayerReport]:
-    """GPTQ in the rotated basis for one linear; writes the dequantized weight back into it."""
+def _quantize_calibrated(name: str, linear: torch.nn.Linear, hessian: torch.Tensor,
+                         spec: QuantSpec) -> tuple[PackedWeight, LayerReport]:
+    """GPTQ in the rotated basis (then one pass of code refinement) for one linear;
+    writes the dequantized weight back into it."""
     start = time.perf_counter()
     w = linear.weight.detach().float()  # [N, K]
-    if cross is not None:
-        w = asymmetric_target(w, hessian, cross, spec.damp)
     layout = make_layout(w.shape[1], spec.group_size, spec.max_block)
     signs = random_signs(layout.k_padded, spec.seed, device=w.device)
     h_rot = gptq.rotate_hessian(hessian, signs, layout.block)  # [Kp, Kp]
     w_rot = rotate_weight(w, layout, spec.seed)  # [N, Kp]
     codes, gains = gptq.gptq_codes(w_rot, h_rot, spec.group_size, spec.damp)
+    gains = gptq.refit_gains(w_rot, h_rot, codes, spec.group_size, spec.damp)
+    codes = gptq.refine_codes(w_rot, h_rot, codes, gains, spec.group_size, spec.damp)
     gains = gptq.refit_gains(w_rot, h_rot, codes, spec.group_size, spec.damp)
     packed = pack(codes, gains, layout)
     w_hat = dequantize_weight(packed, spec.seed)
@@ -186,45 +169,26 @@ def _input_groups(layer, linears: dict[str, torch.nn.Linear], sample) -> list[li
     return groups
 
 
-def _group_inputs_fp(fp_layer, first_modules: list, inputs):
-    """One forward of the unquantized layer: each group's input per batch, and the layer outputs."""
-    seen: list[list[torch.Tensor]] = [[] for _ in first_modules]
-    handles = [m.register_forward_pre_hook(lambda _m, args, i=i: seen[i].append(args[0].detach()))
-               for i, m in enumerate(first_modules)]
-    try:
-        outputs = [(_layer_output(fp_layer(hidden, **kwargs)), kwargs) for hidden, kwargs in inputs]
-    finally:
-        for h in handles:
-            h.remove()
-    return seen, outputs
-
-
-def _group_statistics(layer, first_module, inputs, fp_inputs=None):
-    """H = sum X^T X of the group's inputs (and C = sum X^T X_f with fp_inputs): [K, K] float32."""
-    stats = {"h": None, "c": None}
-    batch = {"index": 0}
+def _group_hessian(layer, first_module, inputs) -> torch.Tensor:
+    """H = sum X^T X over the calibration inputs of a group (they share first_module's input): [K, K]."""
+    total = {"h": None}
 
     def hook(_module, args):
         x = args[0].detach().reshape(-1, args[0].shape[-1]).float()  # [B*T, K]
         h = x.T @ x
-        stats["h"] = h if stats["h"] is None else stats["h"] + h
-        if fp_inputs is not None:
-            xf = fp_inputs[batch["index"]].reshape(-1, x.shape[-1]).float()
-            c = x.T @ xf
-            stats["c"] = c if stats["c"] is None else stats["c"] + c
-        raise _StopForward
+        total["h"] = h if total["h"] is None else total["h"] + h
+        raise _StopForward  # nothing after this module matters for the group
 
     handle = first_module.register_forward_pre_hook(hook)
     try:
-        for index, (hidden, kwargs) in enumerate(inputs):
-            batch["index"] = index
+        for hidden, kwargs in inputs:
             try:
                 layer(hidden, **kwargs)
             except _StopForward:
                 pass
     finally:
         handle.remove()
-    return stats["h"], stats["c"]
+    return total["h"]
 
 
 def quantize_calibrated(model, calib_ids: torch.Tensor, spec: QuantSpec, device="cpu",
@@ -240,24 +204,16 @@ def quantize_calibrated(model, calib_ids: torch.Tensor, spec: QuantSpec, device=
     _move_outside_layers(model, layers, device)
     with torch.no_grad():
         inputs = capture_first_layer_inputs(model, layers, calib_ids, device)
-        fp_stream = inputs if spec.asymmetric else None  # the unquantized model's hidden states
         prefix = {id(layer): name for name, layer in model.named_modules() if name}
         for layer in layers:
             layer.to(device)
             layer_name = prefix[id(layer)]
             local = {n[len(layer_name) + 1:]: m for n, m in all_targets.items() if n.startswith(layer_name + ".")}
-            groups = _input_groups(layer, local, inputs[0])
-            fp_inputs = [None] * len(groups)
-            if fp_stream is not None:
-                fp_layer = copy.deepcopy(layer)
-                fp_modules = dict(fp_layer.named_modules())
-                fp_inputs, fp_stream = _group_inputs_fp(fp_layer, [fp_modules[g[0]] for g in groups], fp_stream)
-                del fp_layer
-            for group, group_fp in zip(groups, fp_inputs):
-                hessian, cross = _group_statistics(layer, local[group[0]], inputs, group_fp)
+            for group in _input_groups(layer, local, inputs[0]):
+                hessian = _group_hessian(layer, local[group[0]], inputs)
                 for short in group:
                     name = f"{layer_name}.{short}"
-                    packed, report = _quantize_calibrated(name, local[short], hessian, spec, cross)
+                    packed, report = _quantize_calibrated(name, local[short], hessian, spec)
                     result.packed[name] = packed
                     result.reports.append(report)
                     if on_layer:

@@ -9,7 +9,10 @@ factor of H^-1; updates are applied lazily, one batch of columns at a time.
 Each group's gain is chosen just before its first column is quantized, from the
 error-updated weights of that group. Once all codes are fixed, the gains of every
 row are refit jointly in the H metric (a small least-squares system per row), which
-keeps the error feedback's benefit instead of undoing it as a plain refit would.
+keeps the error feedback's benefit instead of undoing it as a plain refit would. A pass
+of coordinate descent on the codes (exact in the H metric) and a second refit follow.
+The dampening is strong (0.1 x mean diagonal): with ~16k calibration tokens it lowers
+the output error on held-out text, where weaker dampening overfits the calibration set.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import torch
 from localai.quant.codebook import codebook, nearest_code
 from localai.quant.turboquant import COARSE_GRID, fit_group
 
-DEFAULT_DAMP = 0.01
+DEFAULT_DAMP = 0.1  # of mean(diag H); held-out output error is lowest near 0.1 at 16k tokens
 LAZY_BATCH = 128
 REFIT_ROWS = 256  # rows per chunk in the gain refit (bounds its memory)
 
