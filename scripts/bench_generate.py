@@ -4,7 +4,8 @@
    1 and 16: tokens/s of each (median of --repeats alternating runs) and whether the texts
    are identical.
 2. 32 requests of mixed lengths (8..256 new tokens): continuous batching against static
-   batches of the same size, in the engine.
+   batches of the same size, in the engine (a static batch is admitted whole and keeps its
+   finished rows until its longest request ends, as transformers generate does).
 
 A table goes to stderr, JSON to stdout. Default model: SmolLM2-135M (fp32) from the store.
 
