@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from localai.errors import LocalaiError
 from localai.quant import gptq
 from localai.quant.hadamard import random_signs
 from localai.quant.turboquant import (
@@ -30,6 +31,7 @@ class QuantSpec:
     max_block: int = 128
     quantize_head: bool = False
     damp: float = gptq.DEFAULT_DAMP
+    refine_passes: int = 2  # code refinement passes after GPTQ (held-out error -3%, then -1%)
 
 
 @dataclass
@@ -56,7 +58,8 @@ def decoder_layers(model) -> torch.nn.ModuleList:
     for module in model.modules():
         if isinstance(module, torch.nn.ModuleList) and len(module) == count:
             return module
-    raise ValueError("could not find the decoder layers of this model")
+    raise LocalaiError("could not find the decoder layers of this model",
+                       "TurboQuant supports decoder-only transformers LMs (Llama, Qwen, Mistral, ...)")
 
 
 def target_linears(model, quantize_head: bool) -> dict[str, torch.nn.Linear]:
@@ -99,7 +102,7 @@ def quantize_data_free(model, spec: QuantSpec, device="cpu", on_layer=None) -> Q
 
 def _quantize_calibrated(name: str, linear: torch.nn.Linear, hessian: torch.Tensor,
                          spec: QuantSpec) -> tuple[PackedWeight, LayerReport]:
-    """GPTQ in the rotated basis (then one pass of code refinement) for one linear;
+    """GPTQ in the rotated basis, then passes of code refinement, for one linear;
     writes the dequantized weight back into it."""
     start = time.perf_counter()
     w = linear.weight.detach().float()  # [N, K]
@@ -109,8 +112,9 @@ def _quantize_calibrated(name: str, linear: torch.nn.Linear, hessian: torch.Tens
     w_rot = rotate_weight(w, layout, spec.seed)  # [N, Kp]
     codes, gains = gptq.gptq_codes(w_rot, h_rot, spec.group_size, spec.damp)
     gains = gptq.refit_gains(w_rot, h_rot, codes, spec.group_size, spec.damp)
-    codes = gptq.refine_codes(w_rot, h_rot, codes, gains, spec.group_size, spec.damp)
-    gains = gptq.refit_gains(w_rot, h_rot, codes, spec.group_size, spec.damp)
+    for _ in range(spec.refine_passes):
+        codes = gptq.refine_codes(w_rot, h_rot, codes, gains, spec.group_size, spec.damp)
+        gains = gptq.refit_gains(w_rot, h_rot, codes, spec.group_size, spec.damp)
     packed = pack(codes, gains, layout)
     w_hat = dequantize_weight(packed, spec.seed)
     energy = gptq.output_error(w, torch.zeros_like(w), hessian)

@@ -9,8 +9,8 @@ factor of H^-1; updates are applied lazily, one batch of columns at a time.
 Each group's gain is chosen just before its first column is quantized, from the
 error-updated weights of that group. Once all codes are fixed, the gains of every
 row are refit jointly in the H metric (a small least-squares system per row), which
-keeps the error feedback's benefit instead of undoing it as a plain refit would. A pass
-of coordinate descent on the codes (exact in the H metric) and a second refit follow.
+keeps the error feedback's benefit instead of undoing it as a plain refit would. Passes
+of coordinate descent on the codes (exact in the H metric), each with a refit, follow.
 The dampening is strong (0.1 x mean diagonal): with ~16k calibration tokens it lowers
 the output error on held-out text, where weaker dampening overfits the calibration set.
 """
