@@ -87,3 +87,42 @@ def perplexity(model, tokens, batch_size: int = 4, on_window=None) -> Perplexity
                 on_window(min(first + batch_size, windows), windows)
     mean_nll = total_nll / scored
     return PerplexityResult(math.exp(mean_nll), mean_nll, windows, ctx, scored, time.perf_counter() - start)
+
+
+SPEED_PROMPT = "The history of the printing press"
+
+
+@dataclass
+class DecodeSpeed:
+    tokens: int  # new tokens decoded after the first
+    seconds: float
+    tokens_per_second: float
+
+
+def decode_speed(model, tokenizer, new_tokens: int = 64) -> DecodeSpeed:
+    """Greedy decoding speed at batch 1 through the engine: new tokens after the first, per second.
+
+    EOS is ignored so every run decodes exactly `new_tokens`; one short run first warms the
+    kernels. The engine takes the model's weights over, so score perplexity before this.
+    """
+    from localai.engine.api import Engine, generate_batch
+    from localai.engine.request import SamplingParams
+
+    if new_tokens < 2:
+        raise LocalaiError(f"speed needs at least 2 new tokens, got {new_tokens}", "use --speed-tokens 2 or more")
+    engine = Engine(model, tokenizer)
+
+    def run(count: int):
+        params = SamplingParams(max_new_tokens=count, min_new_tokens=count)
+        return generate_batch(engine, [engine.request(SPEED_PROMPT, chat=False, params=params)], batch_size=1)[0]
+
+    run(8)
+    result = run(new_tokens)
+    decoded = len(result.token_ids) - 1
+    seconds = result.elapsed - result.time_to_first_token
+    return DecodeSpeed(decoded, seconds, decoded / seconds)
+
+
+def weight_bytes(folder: Path) -> int:
+    """Bytes of a model folder's weight files (safetensors), the tokenizer and configs left out."""
+    return sum(path.stat().st_size for path in Path(folder).glob("*.safetensors"))

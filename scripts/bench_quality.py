@@ -1,15 +1,17 @@
 """The quantization quality table: perplexity of fp32, bitsandbytes NF4, int4 round-to-nearest,
 TurboQuant data-free and TurboQuant calibrated, all in one run.
 
-Every checkpoint is made with `localai quantize` and every perplexity comes from
-`localai eval` (WikiText-2 protocol: first 400,000 characters, 40 windows of 512 tokens).
+Every checkpoint is made with `localai quantize`; then one `localai eval ... --speed` run
+scores them all (WikiText-2 protocol: first 400,000 characters, 40 windows of 512 tokens)
+and times greedy decoding at batch 1 for each, side by side in one process.
 The calibrated row uses the default calibration (text sampled from the model itself);
 --wiki-calib adds a row calibrated on wiki.test.raw from character 600,000 on, outside
 the evaluation windows. A table goes to stderr, JSON to stdout.
 
     python scripts/bench_quality.py --model smollm2-135m --threads 2 [--wiki-calib]
 
-Acceptance: calibrated <= 30.0 and below NF4; data-free below int4.
+Acceptance: calibrated <= 30.0 and below NF4; data-free below int4; TurboQuant decoding
+at least as fast as NF4 and at least half as fast as fp32.
 """
 
 from __future__ import annotations
@@ -66,32 +68,43 @@ def main() -> None:
     if args.wiki_calib:
         rows.append(("TurboQuant calibrated (wiki 600k+)", ["--calib", str(wiki_calibration_file(work))]))
 
-    results = []
+    checkpoints, summaries = [], {}
     for index, (name, flags) in enumerate(rows):
-        model, summary = args.model, None
-        if flags is not None:
-            model = str(work / f"q{index}")
-            summary = localai("quantize", args.model, "-o", model, *flags, threads=args.threads)
-        evaluated = localai("eval", model, "--windows", str(args.windows), threads=args.threads)
-        results.append({"name": name, "perplexity": evaluated["perplexity"], "quantize": summary,
-                        "eval_seconds": evaluated["seconds"]})
-        print(f"{name}: perplexity {evaluated['perplexity']:.2f}", file=sys.stderr, flush=True)
+        if flags is None:
+            checkpoints.append(args.model)
+            continue
+        folder = work / f"q{index}"
+        if not (folder / "config.json").exists():  # --work keeps checkpoints between runs
+            summaries[name] = localai("quantize", args.model, "-o", str(folder), *flags, threads=args.threads)
+        checkpoints.append(str(folder))
+    # every row from one `localai eval` run: perplexity and batch-1 greedy decoding speed
+    evaluated = localai("eval", *checkpoints, "--windows", str(args.windows), "--speed", threads=args.threads)
+    results = [{"name": name, "checkpoint": path, **row, "quantize": summaries.get(name)}
+               for (name, _), path, row in zip(rows, checkpoints, evaluated)]
 
-    ppl = {r["name"]: r["perplexity"] for r in results}
+    by_name = {r["name"]: r for r in results}
+    ppl = {name: r["perplexity"] for name, r in by_name.items()}
+    speed = {name: r["decode_tokens_per_s"] for name, r in by_name.items()}
+    calibrated = "TurboQuant calibrated (wiki 600k+)" if args.wiki_calib else "TurboQuant calibrated"
     checks = {
-        "calibrated <= 30.0": ppl["TurboQuant calibrated"] <= 30.0,
-        "calibrated < NF4": ppl["TurboQuant calibrated"] < ppl["bitsandbytes NF4"],
+        f"{calibrated} <= 30.0": ppl[calibrated] <= 30.0,
+        f"{calibrated} < NF4": ppl[calibrated] < ppl["bitsandbytes NF4"],
         "data-free < int4": ppl["TurboQuant data-free"] < ppl["int4 RTN g64"],
         "data-free <= NF4 (aim)": ppl["TurboQuant data-free"] <= ppl["bitsandbytes NF4"],
+        "TurboQuant decode >= NF4": speed["TurboQuant data-free"] >= speed["bitsandbytes NF4"],
+        "TurboQuant decode >= fp32 / 2": speed["TurboQuant data-free"] >= speed["fp32"] / 2,
     }
-    print("\n| weights | perplexity | bits/weight | calibration |\n|---|---|---|---|", file=sys.stderr)
+    print("\n| weights | perplexity | decode tok/s | weight files | bits/weight | calibration |\n"
+          "|---|---|---|---|---|---|", file=sys.stderr)
     for r in results:
         q = r["quantize"] or {}
         bits = f"{q['bits_per_weight']:.3f}" if q else "32"
-        print(f"| {r['name']} | {r['perplexity']:.2f} | {bits} | {q.get('calibration', '-')} |", file=sys.stderr)
+        print(f"| {r['name']} | {r['perplexity']:.2f} | {r['decode_tokens_per_s']:.1f} | "
+              f"{r['weight_bytes'] / 1e6:.0f} MB | {bits} | {q.get('calibration', '-')} |", file=sys.stderr)
     for check, ok in checks.items():
         print(f"{'PASS' if ok else 'FAIL'}  {check}", file=sys.stderr)
-    print(json.dumps({"model": args.model, "windows": args.windows, "rows": results, "checks": checks}, indent=2))
+    print(json.dumps({"model": args.model, "windows": args.windows, "threads": args.threads, "rows": results,
+                      "checks": checks}, indent=2))
 
 
 if __name__ == "__main__":

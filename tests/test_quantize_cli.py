@@ -80,6 +80,30 @@ def test_eval_on_quantized_and_fp_models(data_free, tiny_llama, text_file):
     assert float(plain.stdout) == pytest.approx(tq_res["perplexity"], abs=1e-3)
 
 
+def test_eval_several_models_one_table_with_speed(data_free, tiny_llama, text_file):
+    out, _ = data_free
+    args = ("eval", tiny_llama, out, "--text", text_file, "--windows", 2, "--ctx", 64, "--speed", "--speed-tokens", 6)
+    rows = json.loads(_run(*args, "--json").stdout)
+    assert [row["quantization"] for row in rows] == ["none", "turboquant"]
+    for row in rows:
+        assert row["decode_tokens"] == 5 and row["decode_tokens_per_s"] > 0
+        assert row["tokens_scored"] == 2 * 63 and math.isfinite(row["perplexity"])
+    assert 0 < rows[1]["weight_bytes"] < rows[0]["weight_bytes"]
+    table = _run(*args)
+    assert table.exit_code == 0, table.output
+    header, fp_line, tq_line = table.stdout.strip().splitlines()
+    assert header.split() == ["model", "quantization", "weights", "perplexity", "decode", "tok/s"]
+    assert fp_line.split()[:2] == [str(tiny_llama), "none"] and tq_line.split()[:2] == [str(out), "turboquant"]
+    assert float(tq_line.split()[4]) == pytest.approx(rows[1]["perplexity"], rel=1e-3)
+
+
+def test_eval_checks_every_model_before_scoring_any(tiny_llama, tmp_path, text_file):
+    line = _one_line_error(_run("eval", tiny_llama, tmp_path / "absent-model", "--text", text_file, "--windows", 1,
+                                "--ctx", 16))
+    assert "absent-model" in line
+    assert _run("eval", tiny_llama, "--speed", "--speed-tokens", 1).exit_code == 2
+
+
 @pytest.mark.parametrize("method", ["int4", "nf4"])
 def test_baseline_methods_quantize_and_evaluate(method, tiny_llama, tmp_path, text_file):
     out = tmp_path / method
