@@ -36,8 +36,10 @@ def main(
     from localai.console import info, out, out_json
     from localai.device import resolve_device
     from localai.errors import UsageError
-    from localai.quant.pipeline import QuantizeOptions, check_options, quantize
+    from localai.quant.pipeline import (QuantizeOptions, check_options, check_voxtral_options, quantize,
+                                        quantize_voxtral_tts)
     from localai.store import resolve_model
+    from localai.tts.voxtral.loader import is_voxtral_folder
 
     if calib is not None and no_calib:
         raise UsageError("--calib and --no-calib exclude each other", "pass one of them")
@@ -50,7 +52,12 @@ def main(
         detail = "" if error is None else f"  relative error {error:.5f}"
         info(f"quantized {name} [{shape[0]}x{shape[1]}]{detail}")
 
-    summary = quantize(source, output, opts, resolve_device(), progress=info, on_layer=on_layer)
+    if is_voxtral_folder(source):
+        check_voxtral_options(opts)
+        info("Voxtral TTS is quantized data-free (TurboQuant without calibration)")
+        summary = quantize_voxtral_tts(source, output, opts, resolve_device(), on_layer=on_layer)
+    else:
+        summary = quantize(source, output, opts, resolve_device(), progress=info, on_layer=on_layer)
     if as_json:
         out_json(summary.to_dict())
         return

@@ -46,3 +46,23 @@ def smollm2() -> Path:
         from localai.store import resolve_model
 
         return resolve_model("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def tiny_voxtral(tmp_path_factory) -> Path:
+    """A tiny random Voxtral TTS checkpoint with the released layout (scripts/make_tiny_voxtral.py)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from make_tiny_voxtral import write_tiny_voxtral
+
+    return write_tiny_voxtral(tmp_path_factory.mktemp("voxtral") / "tiny-voxtral")
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny matmuls are fastest on one thread (and the test machine's cores are shared)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

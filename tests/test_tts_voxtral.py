@@ -10,7 +10,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
-from make_tiny_voxtral import TINY_VOICES, write_tiny_voxtral  # noqa: E402
+from make_tiny_voxtral import TINY_VOICES  # noqa: E402
 
 from localai.errors import LocalaiError  # noqa: E402
 from localai.tts.voxtral.backbone import apply_rope, rope_table  # noqa: E402
@@ -20,18 +20,7 @@ from localai.tts.voxtral.loader import load_model, load_tokenizer, load_voice  #
 from localai.tts.voxtral.streaming import StreamingDecoder, decode_frames  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matmuls are fastest on one thread (and the test machine's cores are shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tiny_voxtral(tmp_path_factory) -> Path:
-    return write_tiny_voxtral(tmp_path_factory.mktemp("voxtral") / "tiny-voxtral")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

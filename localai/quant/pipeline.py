@@ -2,7 +2,8 @@
 
 Methods: turboquant (calibrated when calibration is available, else data-free),
 nf4 (bitsandbytes) and int4 (round-to-nearest); all write a checkpoint that
-`from_pretrained` loads after `import localai`.
+`from_pretrained` loads after `import localai`. A Voxtral TTS folder (Mistral's
+native layout) takes data-free turboquant only and stays in that layout.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from localai.errors import LocalaiError
+from localai.errors import LocalaiError, UsageError
 
 METHODS = ("turboquant", "nf4", "int4")
 NF4_BLOCK = 64
@@ -146,6 +147,32 @@ def quantize(source: Path, out: Path, opts: QuantizeOptions, device: str = "cpu"
                 result = calibrate.quantize_calibrated(model, ids, spec, device, report)
             save_quantized(model, tokenizer, result.packed, spec, out)
     return _summary(source, out, opts, targets, calibration, tokens, time.perf_counter() - start)
+
+
+def check_voxtral_options(opts: QuantizeOptions) -> None:
+    """Usage errors for flags that a Voxtral TTS model does not take."""
+    if opts.method != "turboquant":
+        raise UsageError(f"Voxtral TTS is quantized with turboquant only, not {opts.method}",
+                         "drop --method or use --method turboquant")
+    if opts.calib_file is not None:
+        raise UsageError("Voxtral TTS is quantized data-free; --calib does not apply", "drop --calib")
+    if opts.quantize_head:
+        raise UsageError("--quantize-head does not apply to Voxtral TTS (its output heads stay 16-bit)",
+                         "drop --quantize-head")
+
+
+def quantize_voxtral_tts(source: Path, out: Path, opts: QuantizeOptions, device: str = "cpu",
+                         on_layer=None) -> QuantizeSummary:
+    """Data-free TurboQuant of the Voxtral TTS folder `source` into `out`; `on_layer(name, shape, None)` reports."""
+    from localai.tts.voxtral.checkpoint import save_quantized_voxtral
+
+    out = Path(out)
+    check_options(opts, out)
+    check_voxtral_options(opts)
+    start = time.perf_counter()
+    report = (lambda name, shape: on_layer(name, shape, None)) if on_layer else None
+    targets = save_quantized_voxtral(source, out, device, opts.group_size, opts.seed, report)
+    return _summary(source, out, opts, targets, "none (data-free)", 0, time.perf_counter() - start)
 
 
 def _nf4_targets(source: Path) -> dict:

@@ -91,11 +91,13 @@ def load_voxtral(folder: Path, device: str, quantize: bool = False) -> VoxtralEn
     import torch
 
     from localai.tts.voxtral.generate import VoxtralSynthesizer
-    from localai.tts.voxtral.loader import load_model, load_tokenizer
+    from localai.tts.voxtral.loader import is_quantized, load_model, load_tokenizer
 
     show_license_once()
     if device == "cpu":
         warn("Voxtral on the CPU is slower than real time; a CUDA GPU or --tts fallback is faster")
+    stored_4bit = is_quantized(folder)  # written by `localai quantize`: loads as 4-bit, nothing to quantize
+    quantize = quantize and not stored_4bit
     # to quantize, the 16-bit weights stay in CPU memory and go to the GPU one layer at a time
     model = load_model(folder, device="cpu" if quantize else device, dtype=torch.bfloat16)
     if quantize:
@@ -103,7 +105,7 @@ def load_voxtral(folder: Path, device: str, quantize: bool = False) -> VoxtralEn
 
         info(f"quantizing the Voxtral backbone and acoustic head to 4 bits on the {device}...")
         quantize_voxtral(model, device)
-    return VoxtralEngine(VoxtralSynthesizer(model, load_tokenizer(folder), folder), device, quantize)
+    return VoxtralEngine(VoxtralSynthesizer(model, load_tokenizer(folder), folder), device, quantize or stored_4bit)
 
 
 def select_engine(choice: str = "auto", model: str = VOXTRAL_ALIAS, quantize: bool = False):

@@ -4,6 +4,8 @@
     consolidated.safetensors    every weight (bf16); nothing else is ever read as weights
     tekken.json                 tokenizer, including each preset voice's number of [AUDIO] slots
     voice_embedding/<name>.pt   one [N, dim] tensor per preset voice (torch.load, weights_only=True)
+    quantization.json           only in a 4-bit checkpoint written by `localai quantize` (see checkpoint.py):
+                                its listed linears store `X.codes` and `X.gains` instead of `X.weight`
 
 Every checkpoint key is mapped to a module key; a missing, unexpected or misshapen key is
 an error that names it.
@@ -11,6 +13,7 @@ an error that names it.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from localai.errors import LocalaiError
@@ -19,7 +22,13 @@ from localai.tts.voxtral.config import VoxtralConfig, load_config
 WEIGHTS_FILE = "consolidated.safetensors"
 TOKENIZER_FILE = "tekken.json"
 VOICE_FOLDER = "voice_embedding"
+QUANT_FILE = "quantization.json"
 PICKLED_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl")
+QUANT_METHOD = "turboquant"
+QUANT_FORMAT_VERSION = 1
+QUANT_FIELDS = ("quant_method", "bits", "group_size", "seed", "max_block", "format_version", "modules")
+DOWNLOAD_HINT = "the file does not match params.json; download the model again"
+REQUANTIZE_HINT = "quantize the model again with `localai quantize voxtral-tts -o FOLDER`"
 
 # checkpoint prefix -> module prefix, first match wins
 KEY_PREFIXES = (
@@ -46,26 +55,100 @@ def checkpoint_key(key: str) -> str:
     return key
 
 
-def _bad_checkpoint(what: str, path: Path) -> LocalaiError:
-    return LocalaiError(f"{path.name}: {what}", "the file does not match params.json; download the model again")
+def _bad_checkpoint(what: str, path: Path, hint: str = DOWNLOAD_HINT) -> LocalaiError:
+    return LocalaiError(f"{path.name}: {what}", hint)
 
 
-def map_keys(checkpoint_shapes: dict[str, tuple], expected_shapes: dict[str, tuple], path: Path) -> dict[str, str]:
+def map_keys(checkpoint_shapes: dict[str, tuple], expected_shapes: dict[str, tuple], path: Path,
+             hint: str = DOWNLOAD_HINT) -> dict[str, str]:
     """checkpoint key -> module key for every tensor, or an error naming the first key that does not fit."""
     mapping = {}
     for key in sorted(checkpoint_shapes):
         target = module_key(key)
         if target is None or target not in expected_shapes:
-            raise _bad_checkpoint(f"unexpected key {key}", path)
+            raise _bad_checkpoint(f"unexpected key {key}", path, hint)
         if tuple(checkpoint_shapes[key]) != tuple(expected_shapes[target]):
             raise _bad_checkpoint(f"{key} has shape {list(checkpoint_shapes[key])}, "
-                                  f"expected {list(expected_shapes[target])}", path)
+                                  f"expected {list(expected_shapes[target])}", path, hint)
         mapping[key] = target
     missing = sorted(set(expected_shapes) - set(mapping.values()))
     if missing:
         raise _bad_checkpoint(f"missing key {checkpoint_key(missing[0])}"
-                              + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""), path)
+                              + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""), path, hint)
     return mapping
+
+
+def is_voxtral_folder(folder: Path) -> bool:
+    """Mistral's native layout (params.json + consolidated.safetensors), not a transformers model."""
+    folder = Path(folder)
+    return ((folder / "params.json").is_file() and (folder / WEIGHTS_FILE).is_file()
+            and not (folder / "config.json").exists())
+
+
+def is_quantized(folder: Path) -> bool:
+    return (Path(folder) / QUANT_FILE).is_file()
+
+
+def _bad_quantization(what: str) -> LocalaiError:
+    return LocalaiError(f"{QUANT_FILE} {what}", REQUANTIZE_HINT)
+
+
+def read_quantization(folder: Path) -> dict | None:
+    """The checkpoint's quantization.json checked field by field, or None for a 16-bit checkpoint."""
+    path = Path(folder) / QUANT_FILE
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise _bad_quantization(f"cannot be read ({str(exc).splitlines()[0]})") from None
+    if not isinstance(record, dict):
+        raise _bad_quantization("is not a JSON object")
+    missing = [name for name in QUANT_FIELDS if name not in record]
+    if missing:
+        raise _bad_quantization(f"lacks {', '.join(missing)}")
+    if record["quant_method"] != QUANT_METHOD:
+        raise _bad_quantization(f"has unknown quant_method {record['quant_method']!r}; only {QUANT_METHOD!r} loads")
+    if record["format_version"] != QUANT_FORMAT_VERSION or record["bits"] != 4:
+        raise _bad_quantization(f"has format_version={record['format_version']!r}, bits={record['bits']!r}; "
+                                f"expected {QUANT_FORMAT_VERSION} and 4")
+    for name in ("group_size", "seed", "max_block"):
+        value = record[name]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise _bad_quantization(f"has {name}={value!r}, not a non-negative integer")
+    if record["max_block"] < 2 or record["max_block"] & (record["max_block"] - 1):
+        raise _bad_quantization(f"has max_block={record['max_block']}, not a power of two")
+    if not isinstance(record["modules"], list) or not all(isinstance(m, str) for m in record["modules"]):
+        raise _bad_quantization("has modules that is not a list of module names")
+    return record
+
+
+def _use_turbo_linears(model, record: dict) -> dict:
+    """Swap the linears that quantization.json lists for empty TurboLinear layers (on meta).
+
+    Returns module key -> the dtype its packed tensor must be stored in (codes uint8, gains float16)."""
+    import torch
+
+    from localai.quant.hadamard import choose_block
+    from localai.quant.linear import TurboLinear
+
+    modules = dict(model.named_modules())
+    stored_dtypes = {}
+    for name in record["modules"]:
+        target = module_key(name)
+        linear = modules.get(target) if target else None
+        if not isinstance(linear, torch.nn.Linear):
+            raise _bad_quantization(f"lists {name}, which is not a linear layer of this model")
+        try:
+            layer = TurboLinear(linear.in_features, linear.out_features, bias=linear.bias is not None,
+                                group_size=record["group_size"], seed=record["seed"],
+                                block=choose_block(linear.in_features, record["max_block"]), device="meta")
+        except ValueError as exc:
+            raise _bad_quantization(f"does not fit {name}: {exc}") from None
+        parent, attr = target.rpartition(".")[::2]
+        setattr(modules[parent], attr, layer)
+        stored_dtypes.update({f"{target}.codes": torch.uint8, f"{target}.gains": torch.float16})
+    return stored_dtypes
 
 
 def check_folder(folder: Path) -> None:
@@ -86,32 +169,48 @@ def check_folder(folder: Path) -> None:
 def load_model(folder: Path, device="cpu", dtype=None, embed_device="cpu"):
     """Build the model on the meta device and fill it from consolidated.safetensors (strict).
 
+    In a quantized checkpoint the linears listed in quantization.json become TurboLinear
+    layers whose codes and gains keep their stored dtypes; every other tensor gets `dtype`.
     The text embedding table is read once per sentence, so it stays on `embed_device`
     (the CPU by default) and spares GPU memory.
     """
     import torch
     from safetensors import SafetensorError, safe_open
 
+    from localai.quant.linear import TurboLinear
     from localai.tts.voxtral.model import VoxtralModel
 
     folder = Path(folder)
     check_folder(folder)
     config = load_config(folder)
+    record = read_quantization(folder)
+    hint = DOWNLOAD_HINT if record is None else REQUANTIZE_HINT
     dtype = dtype or torch.bfloat16
     with torch.device("meta"):
         model = VoxtralModel(config)
+    stored_dtypes = {} if record is None else _use_turbo_linears(model, record)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     path = folder / WEIGHTS_FILE
     try:
         with safe_open(str(path), framework="pt", device="cpu") as file:
-            mapping = map_keys({k: tuple(file.get_slice(k).get_shape()) for k in file.keys()}, expected, path)
+            mapping = map_keys({k: tuple(file.get_slice(k).get_shape()) for k in file.keys()}, expected, path, hint)
             state = {}
             for key, target in mapping.items():
                 where = embed_device if target.startswith("text_embeddings.") else device
-                state[target] = file.get_tensor(key).to(device=where, dtype=dtype)
+                tensor = file.get_tensor(key)
+                if target in stored_dtypes:
+                    if tensor.dtype != stored_dtypes[target]:
+                        raise _bad_checkpoint(f"{key} is {str(tensor.dtype).removeprefix('torch.')}, expected "
+                                              f"{str(stored_dtypes[target]).removeprefix('torch.')}", path, hint)
+                    state[target] = tensor.to(where)
+                else:
+                    state[target] = tensor.to(device=where, dtype=dtype)
     except (OSError, RuntimeError, SafetensorError) as exc:
-        raise LocalaiError(f"cannot read {path}: {str(exc).splitlines()[0]}", "download the model again") from None
+        raise LocalaiError(f"cannot read {path}: {str(exc).splitlines()[0]}", hint) from None
     model.load_state_dict(state, strict=True, assign=True)
+    for layer in model.modules():
+        if isinstance(layer, TurboLinear):
+            layer.reset_signs()  # never saved: rebuilt from the seed next to the loaded codes
     model.codec.fold_weight_norm()
     return model.eval()
 

@@ -16,29 +16,34 @@ from localai.quant.turboquant import DEFAULT_GROUP_SIZE, DEFAULT_MAX_BLOCK, DEFA
 HEAD_PROJECTIONS = ("llm_projection", "time_projection")
 
 
-def quantized_linears(model) -> list[tuple[nn.Module, str]]:
-    """(parent module, attribute name) of every linear that goes to 4 bits."""
+def quantized_linears(model) -> list[tuple[str, nn.Module, str]]:
+    """(module name, parent module, attribute name) of every linear that goes to 4 bits."""
     targets = []
-    for stack in (model.backbone.layers, model.acoustic.layers):
-        for module in stack.modules():
-            targets += [(module, name) for name, child in module.named_children() if isinstance(child, nn.Linear)]
-    targets += [(model.acoustic, name) for name in HEAD_PROJECTIONS]
+    for prefix, stack in (("backbone.layers", model.backbone.layers), ("acoustic.layers", model.acoustic.layers)):
+        for path, module in stack.named_modules(prefix=prefix):
+            targets += [(f"{path}.{name}", module, name) for name, child in module.named_children()
+                        if isinstance(child, nn.Linear)]
+    targets += [(f"acoustic.{name}", model.acoustic, name) for name in HEAD_PROJECTIONS]
     return targets
 
 
-def quantize_voxtral(model, device="cuda", group_size: int = DEFAULT_GROUP_SIZE, seed: int = DEFAULT_SEED) -> int:
+def quantize_voxtral(model, device="cuda", group_size: int = DEFAULT_GROUP_SIZE, seed: int = DEFAULT_SEED,
+                     on_layer=None) -> int:
     """Replace the target linears by TurboLinear on `device`, one layer at a time (a CPU-loaded model
     never has its full 16-bit weights on the GPU), then move the rest except the text embeddings
-    to `device`. Returns the number of weights quantized."""
+    to `device`. `on_layer(module name, (out, in))` reports each layer once it is quantized.
+    Returns the number of weights quantized."""
     from localai.quant.linear import TurboLinear
 
     count = 0
-    for parent, name in quantized_linears(model):
+    for path, parent, name in quantized_linears(model):
         linear = getattr(parent, name)
         packed = quantize_weight(linear.weight.detach().to(device), group_size, seed, DEFAULT_MAX_BLOCK)
         setattr(parent, name, TurboLinear.from_packed(packed.codes, packed.gains, linear.in_features, group_size,
                                                       seed, block=packed.layout.block))
         count += linear.weight.numel()
+        if on_layer is not None:
+            on_layer(path, tuple(linear.weight.shape))
         del linear, packed
     for part in (model.backbone, model.audio_embeddings, model.acoustic, model.codec):
         part.to(device)

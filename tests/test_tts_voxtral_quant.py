@@ -1,0 +1,171 @@
+"""`localai quantize` on a Voxtral TTS folder: the 4-bit checkpoint, loading it back, speaking with it."""
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import soundfile
+import torch
+from typer.testing import CliRunner
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+
+from cli_helpers import one_error_line  # noqa: E402
+
+from localai.cli import app  # noqa: E402
+from localai.errors import LocalaiError  # noqa: E402
+from localai.quant.linear import TurboLinear  # noqa: E402
+from localai.tts.voxtral.generate import VoxtralSynthesizer  # noqa: E402
+from localai.tts.voxtral.loader import load_model, load_tokenizer  # noqa: E402
+from localai.tts.voxtral.quantize import quantize_voxtral  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+runner = CliRunner()
+
+
+def _run(*args):
+    return runner.invoke(app, ["--device", "cpu", *[str(a) for a in args]])
+
+
+@pytest.fixture(scope="module")
+def quantized(tiny_voxtral, tmp_path_factory):
+    out = tmp_path_factory.mktemp("voxtral-quant") / "tiny-voxtral-tq4"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    result = _run("quantize", tiny_voxtral, "-o", out, "--json")
+    torch.set_num_threads(threads)
+    assert result.exit_code == 0, result.output
+    return out, result
+
+
+def rewrite(folder: Path, edit) -> None:
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(folder / "consolidated.safetensors"))
+    edit(tensors)
+    save_file(tensors, str(folder / "consolidated.safetensors"))
+
+
+def test_quantize_writes_a_4_bit_voxtral_folder(quantized):
+    from safetensors import safe_open
+
+    out, result = quantized
+    assert sorted(p.name for p in out.iterdir()) == ["consolidated.safetensors", "params.json",
+                                                     "quantization.json", "tekken.json", "voice_embedding"]
+    assert sorted(p.name for p in (out / "voice_embedding").iterdir()) == ["casual_female.pt", "neutral_male.pt"]
+    record = json.loads((out / "quantization.json").read_text())
+    assert {k: record[k] for k in ("quant_method", "bits", "group_size", "seed", "max_block", "format_version")} == \
+        {"quant_method": "turboquant", "bits": 4, "group_size": 64, "seed": 0, "max_block": 128, "format_version": 1}
+    assert record["modules"] == sorted(record["modules"]) and len(record["modules"]) == 2 * 7 + 3 * 7 + 2
+    assert "layers.0.attention.wq" in record["modules"] and "acoustic_transformer.llm_projection" in record["modules"]
+    with safe_open(str(out / "consolidated.safetensors"), framework="pt") as file:
+        keys = set(file.keys())
+        assert file.get_slice("layers.0.attention.wq.codes").get_dtype() == "U8"
+        assert file.get_slice("layers.0.attention.wq.gains").get_dtype() == "F16"
+        assert file.get_slice("audio_tokenizer.output_proj.conv.parametrizations.weight.original1").get_dtype() == "BF16"
+    assert not any(f"{m}.weight" in keys for m in record["modules"])
+    assert "acoustic_transformer.semantic_codebook_output.weight" in keys  # output heads stay 16-bit
+    summary = json.loads(result.stdout)
+    assert summary["method"] == "turboquant" and summary["calibration"] == "none (data-free)"
+    assert summary["layers"] == len(record["modules"]) and summary["bits_per_weight"] == pytest.approx(4.25)
+    assert summary["size_after"] < summary["size_before"] and summary["linear_compression_vs_bf16"] > 3.7
+    assert "quantized data-free" in result.stderr and "quantized layers.0.attention.wq [64x64]" in result.stderr
+    assert not list(out.parent.glob(".*partial*"))
+
+
+def test_plain_summary_prints_the_folder(tiny_voxtral, tmp_path):
+    out = tmp_path / "tq4"
+    result = _run("quantize", tiny_voxtral, "-o", out, "--group-size", 32)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == str(out)
+    assert "bits/weight" in result.stderr and "checkpoint" in result.stderr
+    assert json.loads((out / "quantization.json").read_text())["group_size"] == 32
+
+
+def test_loaded_checkpoint_equals_in_memory_quantization(tiny_voxtral, quantized):
+    out, _ = quantized
+    reference = load_model(tiny_voxtral, dtype=torch.float32)
+    quantize_voxtral(reference, device="cpu")
+    loaded = load_model(out, dtype=torch.float32)
+    expected = {n: m for n, m in reference.named_modules() if isinstance(m, TurboLinear)}
+    layers = {n: m for n, m in loaded.named_modules() if isinstance(m, TurboLinear)}
+    assert sorted(layers) == sorted(expected) and len(layers) == 37
+    for name, layer in layers.items():
+        assert layer.codes.dtype == torch.uint8 and layer.gains.dtype == torch.float16
+        assert torch.equal(layer.codes, expected[name].codes) and torch.equal(layer.gains, expected[name].gains)
+        assert torch.equal(layer.signs, expected[name].signs) and layer.signs.device.type == "cpu"
+    texts = [VoxtralSynthesizer(m, load_tokenizer(f), f, max_frames=6) for m, f in ((reference, tiny_voxtral),
+                                                                                     (loaded, out))]
+    frames = list(texts[1].frames("Four bits.", "neutral_male", seed=2))
+    audio = [s.synthesize("Four bits.", "neutral_male", seed=2) for s in texts]
+    assert audio[1].shape == (len(frames) * 1920,) and len(frames) > 0
+    assert torch.equal(audio[0], audio[1])
+
+
+def test_missing_or_mistyped_codes_fail_naming_the_key(quantized, tmp_path):
+    out, _ = quantized
+    missing = shutil.copytree(out, tmp_path / "missing")
+    rewrite(missing, lambda t: t.pop("layers.1.attention.wq.codes"))
+    with pytest.raises(LocalaiError, match=r"missing key layers\.1\.attention\.wq\.codes"):
+        load_model(missing)
+    retyped = shutil.copytree(out, tmp_path / "retyped")
+    key = "acoustic_transformer.time_projection.gains"
+    rewrite(retyped, lambda t: t.__setitem__(key, t[key].float()))
+    with pytest.raises(LocalaiError, match=rf"{key} is float32, expected float16"):
+        load_model(retyped)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda r: r.update(quant_method="gptq"), "unknown quant_method 'gptq'"),
+    (lambda r: r.pop("group_size"), "lacks group_size"),
+])
+def test_bad_quantization_json_is_one_line(quantized, tmp_path, localai_home, edit, message):
+    out, _ = quantized
+    broken = shutil.copytree(out, tmp_path / "broken")
+    record = json.loads((broken / "quantization.json").read_text())
+    edit(record)
+    (broken / "quantization.json").write_text(json.dumps(record))
+    result = _run("speak", "--tts", "voxtral", "--tts-model", broken, "--out", tmp_path / "x.wav", "Hi.")
+    assert result.exit_code == 1
+    line = one_error_line(result.stderr)
+    assert message in line and "localai quantize" in line
+    assert not (tmp_path / "x.wav").exists()
+
+
+def test_voxtral_flags_that_do_not_apply_are_usage_errors(tiny_voxtral, tmp_path):
+    text = tmp_path / "calib.txt"
+    text.write_text("Some text. " * 50)
+    for flags in (["--calib", text], ["--method", "int4"], ["--quantize-head"]):
+        result = _run("quantize", tiny_voxtral, "-o", tmp_path / "q", *flags)
+        assert result.exit_code == 2, result.output
+        assert result.stdout == "" and one_error_line(result.stderr)
+    assert "--calib does not apply" in _run("quantize", tiny_voxtral, "-o", tmp_path / "q", "--calib", text).stderr
+    assert not (tmp_path / "q").exists()
+
+
+def test_existing_output_and_quantized_source_are_refused(tiny_voxtral, quantized, tmp_path):
+    out, _ = quantized
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    result = _run("quantize", tiny_voxtral, "-o", out)
+    assert result.exit_code == 1 and "already exists" in one_error_line(result.stderr)
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+    assert not list(out.parent.glob(".*partial*"))
+    again = _run("quantize", out, "-o", tmp_path / "again")
+    assert again.exit_code == 1 and "already quantized" in one_error_line(again.stderr)
+    assert not any(tmp_path.iterdir())
+
+
+def test_speak_loads_the_quantized_folder_as_4_bit(quantized, tmp_path, localai_home):
+    out, _ = quantized
+    for flags in ([], ["--quantize"]):  # --quantize on a 4-bit folder does not quantize again
+        wav = tmp_path / "q.wav"
+        result = _run("speak", "--tts", "voxtral", "--tts-model", out, "--voice", "neutral_male", "--out", wav,
+                      *flags, "Hi.")
+        assert result.exit_code == 0, result.stderr
+        assert "tts: Voxtral 4B TTS (cpu, 4-bit TurboQuant)" in result.stderr
+        assert "quantizing the Voxtral backbone" not in result.stderr
+        audio, rate = soundfile.read(wav, dtype="float32")
+        assert rate == 24000 and len(audio) > 0 and len(audio) % 1920 == 0
