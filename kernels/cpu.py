@@ -1,8 +1,8 @@
 """The CPU path: a small native kernel (kernels/turbo_cpu.cpp) with a chunked torch fallback.
 
 The native library is compiled on first use with the system C++ compiler (`$CXX`, else
-c++ / g++), `-O3 -march=native -fopenmp`, cached under LOCALAI_HOME/kernels by a hash of
-source, flags and CPU, and called through ctypes. Its OpenMP calls resolve to the runtime
+c++ / g++), `-O3 -march=native -fopenmp`, cached in the folder `cache_dir_provider()`
+names by a hash of source, flags and CPU, and called through ctypes. Its OpenMP calls resolve to the runtime
 torch already loaded, so it shares torch's thread pool. Without a compiler, or with
 LOCALAI_CPU_KERNEL=torch, the chunked torch path runs instead. Neither path builds a full
 dequantized copy of the weight.
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from localai.quant.codebook import LEVELS_4BIT
+from localai.kernels.codebook import LEVELS_4BIT
 
 SOURCE = Path(__file__).with_name("turbo_cpu.cpp")
 # batches up to this size use the fused kernel; larger ones dequantize a chunk and call BLAS
@@ -62,10 +62,13 @@ def _cpu_fingerprint() -> str:
     return "\n".join(sorted(set(lines)))
 
 
-def _cache_dir() -> Path:
-    from localai.settings import localai_home
+def _default_cache_dir() -> Path:
+    return Path(tempfile.gettempdir()) / "localai-kernels"
 
-    return localai_home() / "kernels"
+
+# where compiled libraries are kept; the library that uses these kernels points it at its own
+# cache (localai.quant.linear: LOCALAI_HOME/kernels)
+cache_dir_provider = _default_cache_dir
 
 
 def build_library(march: str = "native", cache_dir: Path | None = None) -> Path:
@@ -78,7 +81,7 @@ def build_library(march: str = "native", cache_dir: Path | None = None) -> Path:
     source = SOURCE.read_bytes()
     key = hashlib.sha256(b"\0".join([source, " ".join(flags).encode(), compiler.encode(),
                                      _cpu_fingerprint().encode()])).hexdigest()[:16]
-    folder = Path(cache_dir or _cache_dir())
+    folder = Path(cache_dir or cache_dir_provider())
     target = folder / f"turbo_cpu-{march}-{key}.so"
     if target.exists():
         return target
@@ -201,7 +204,7 @@ def rotate(x: torch.Tensor, signs: torch.Tensor, block: int) -> torch.Tensor:
     """Random-sign block Hadamard rotation of the rows of x: [..., K] -> [..., Kp], x's dtype."""
     lib = native_library()
     if lib is None:
-        from localai.quant.hadamard import rotate as rotate_torch
+        from localai.kernels.hadamard import rotate as rotate_torch
 
         return rotate_torch(x, signs, block)
     k, k_padded = x.shape[-1], signs.shape[0]

@@ -36,7 +36,7 @@ def _rotate_impl(x, signs, block):
         from localai.kernels import triton_matmul
 
         return triton_matmul.rotate(x, signs, block)
-    from localai.quant.hadamard import rotate
+    from localai.kernels.hadamard import rotate
 
     return rotate(x, signs, block).contiguous()
 

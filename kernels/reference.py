@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from localai.quant.codebook import LEVELS_4BIT
+from localai.kernels.codebook import LEVELS_4BIT
 
 
 def check_packed(codes: torch.Tensor, gains: torch.Tensor, group_size: int) -> tuple[int, int]:

@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from localai.quant.codebook import LEVELS_4BIT
+from localai.kernels.codebook import LEVELS_4BIT
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # activation rows up to this count use the GEMV kernel; more use the tiled tl.dot kernel

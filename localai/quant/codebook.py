@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import torch
 
-# Lloyd-Max reconstruction levels for N(0, 1), ascending; code i -> LEVELS[i]. MSE 0.00950.
-LEVELS_4BIT = (
-    -2.7326, -2.0690, -1.6180, -1.2562, -0.9423, -0.6568, -0.3880, -0.1284,
-    0.1284, 0.3880, 0.6568, 0.9423, 1.2562, 1.6180, 2.0690, 2.7326,
-)
+from localai.kernels.codebook import LEVELS_4BIT  # Lloyd-Max levels for N(0, 1), MSE 0.00950
+
 # Decision boundaries between consecutive levels (15 of them).
 BOUNDARIES_4BIT = (
     -2.4008, -1.8435, -1.4371, -1.0993, -0.7995, -0.5224, -0.2582, 0.0,

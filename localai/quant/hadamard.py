@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import torch
 
+from localai.kernels.hadamard import check_block, fwht, rotate  # noqa: F401  (re-exported)
+
 
 def padded_dim(k: int, block: int) -> int:
     return -(-k // block) * block
-
-
-def check_block(block: int) -> None:
-    if block < 2 or block & (block - 1):
-        raise ValueError(f"the Hadamard block must be a power of two >= 2, got {block}")
 
 
 def random_signs(k_padded: int, seed: int, device=None) -> torch.Tensor:
@@ -25,33 +22,6 @@ def random_signs(k_padded: int, seed: int, device=None) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     bits = torch.randint(0, 2, (k_padded,), generator=gen)
     return (bits * 2 - 1).to(torch.float32).to(device)
-
-
-def fwht(x: torch.Tensor, block: int) -> torch.Tensor:
-    """Orthonormal Walsh-Hadamard transform of each length-`block` chunk of the last dim.
-
-    x: [..., K] with K a multiple of `block`; returns the same shape and dtype.
-    """
-    check_block(block)
-    shape = x.shape
-    k = shape[-1]
-    y = x.reshape(-1, k // block, block)
-    h = 1
-    while h < block:
-        # pair element i with i + h inside every run of 2h
-        y = y.reshape(y.shape[0], y.shape[1], block // (2 * h), 2, h)
-        a, b = y[..., 0, :], y[..., 1, :]
-        y = torch.stack((a + b, a - b), dim=-2)
-        h *= 2
-    return (y.reshape(shape) * block ** -0.5).to(x.dtype)
-
-
-def rotate(x: torch.Tensor, signs: torch.Tensor, block: int) -> torch.Tensor:
-    """Rotate rows of x: [..., K] -> [..., K_padded]; pads K with zeros, flips signs, then FWHT."""
-    k_padded = signs.shape[0]
-    if x.shape[-1] < k_padded:
-        x = torch.nn.functional.pad(x, (0, k_padded - x.shape[-1]))
-    return fwht(x * signs.to(x.dtype), block)
 
 
 def choose_block(k: int, max_block: int = 128, min_block: int = 32) -> int:

@@ -11,8 +11,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from localai.kernels import cpu as cpu_kernels
 from localai.kernels import ops
 from localai.quant.hadamard import check_block, choose_block, padded_dim, random_signs
+from localai.settings import localai_home
+
+cpu_kernels.cache_dir_provider = lambda: localai_home() / "kernels"  # the compiled CPU kernel lives in our cache
 
 DEFAULT_GROUP_SIZE = 64
 
