@@ -16,7 +16,8 @@ from localai.errors import LocalaiError
 from localai.settings import localai_home
 
 METADATA_FILE = "localai.json"  # written into every model folder the store creates
-STAGING_PREFIX = ".partial-"  # temporary folders; never listed, removed on failure
+STAGING_PREFIX = ".partial-"  # temporary folders (.partial-<pid>-...); never listed, removed on failure
+# and, when their process was killed, by the next command that writes to the store
 
 
 def models_dir() -> Path:
@@ -68,19 +69,47 @@ def writable_models_dir() -> Path:
     folder = models_dir()
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=folder, prefix=STAGING_PREFIX)
+        probe = tempfile.NamedTemporaryFile(dir=folder, prefix=_staging_prefix("probe"))
         probe.close()
     except OSError as exc:
         raise LocalaiError(
             f"cannot write to {folder} ({exc.strerror or exc})",
             "Set LOCALAI_HOME to a writable folder, or fix the folder's permissions",
         ) from exc
+    remove_abandoned_staging(folder)
     return folder
+
+
+def _staging_prefix(purpose: str) -> str:
+    """Staging names carry the owner's process id, so folders of a killed process can be found."""
+    return f"{STAGING_PREFIX}{os.getpid()}-{purpose}-"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_abandoned_staging(folder: Path) -> list[Path]:
+    """Delete staging folders whose process is gone (killed mid-download or mid-conversion); returns them."""
+    removed = []
+    for entry in Path(folder).iterdir():
+        owner = entry.name[len(STAGING_PREFIX):].split("-", 1)[0]
+        if entry.name.startswith(STAGING_PREFIX) and entry.is_dir() and owner.isdigit() \
+                and not _process_alive(int(owner)):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
 
 
 def scratch_dir(purpose: str) -> tempfile.TemporaryDirectory:
     """A temporary folder inside LOCALAI_HOME/models (same disk as the final folders), removed on exit."""
-    return tempfile.TemporaryDirectory(dir=writable_models_dir(), prefix=f"{STAGING_PREFIX}{purpose}-")
+    return tempfile.TemporaryDirectory(dir=writable_models_dir(), prefix=_staging_prefix(purpose))
 
 
 @contextlib.contextmanager
@@ -90,7 +119,7 @@ def staged_model_dir(name: str) -> Iterator[Path]:
     When another process finished the same model first, its folder is kept and ours discarded.
     """
     final = model_dir(name)
-    staging = Path(tempfile.mkdtemp(dir=writable_models_dir(), prefix=f"{STAGING_PREFIX}{final.name}-"))
+    staging = Path(tempfile.mkdtemp(dir=writable_models_dir(), prefix=_staging_prefix(final.name)))
     try:
         yield staging
         _share_like_umask(staging)
@@ -116,7 +145,7 @@ def _share_like_umask(folder: Path) -> None:
 def remove_tree(path: Path) -> None:
     """Delete a folder so that no half-deleted copy stays visible: rename it aside first."""
     path = Path(path)
-    doomed = path.with_name(f"{STAGING_PREFIX}{path.name}-removing-{os.getpid()}")
+    doomed = path.with_name(f"{_staging_prefix('removing')}{path.name}")
     os.rename(path, doomed)
     shutil.rmtree(doomed)
 
