@@ -155,6 +155,10 @@ def test_int4_round_to_nearest_runs_on_the_int4_kernel():
     layer.bias.data.normal_()
     x = torch.randn(2, 5, 128)
     assert torch.allclose(layer(x), x @ w_hat.T + layer.bias, atol=1e-3)
+    rows = baselines.CPU_INT4_KERNEL_MAX_ROWS + 1  # past the kernel's batch sizes: dequantize + BLAS
+    x = torch.randn(rows, 128)
+    assert torch.allclose(layer(x), x @ w_hat.T + layer.bias, atol=1e-3)
+    assert torch.allclose(layer(x)[:3], layer(x[:3]), atol=1e-4)  # the two paths agree
     with pytest.raises(LocalaiError, match="does not divide"):
         baselines.int4_quantize(torch.randn(4, 96), 64)
 
