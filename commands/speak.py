@@ -16,7 +16,7 @@ def main(
     out: Optional[Path] = typer.Option(None, "--out", help="Write the speech to this WAV file."),
     play: bool = typer.Option(False, "--play", help="With --out: play the speech as well."),
     list_voices: bool = typer.Option(False, "--list-voices", help="List the engine's voices and exit."),
-    quantize: bool = typer.Option(False, "--quantize", help="Voxtral: 4-bit TurboQuant backbone and acoustic head."),
+    quantize: bool = typer.Option(False, "--quantize", help="Voxtral: 4-bit TurboQuant backbone and acoustic head (a folder from `localai quantize` already is)."),
     tts_model: str = typer.Option("voxtral-tts", "--tts-model", help="Voxtral weights: the alias or a folder."),
     json_output: bool = typer.Option(False, "--json", help="Print per-sentence timings as JSON."),
 ) -> None:

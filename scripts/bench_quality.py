@@ -73,9 +73,11 @@ def main() -> None:
         if flags is None:
             checkpoints.append(args.model)
             continue
-        folder = work / f"q{index}"
-        if not (folder / "config.json").exists():  # --work keeps checkpoints between runs
-            summaries[name] = localai("quantize", args.model, "-o", str(folder), *flags, threads=args.threads)
+        folder, saved = work / f"q{index}", work / f"q{index}.json"
+        if not saved.exists():  # --work keeps checkpoints and their summaries between runs
+            summary = localai("quantize", args.model, "-o", str(folder), *flags, threads=args.threads)
+            saved.write_text(json.dumps(summary))
+        summaries[name] = json.loads(saved.read_text())
         checkpoints.append(str(folder))
     # every row from one `localai eval` run: perplexity and batch-1 greedy decoding speed
     evaluated = localai("eval", *checkpoints, "--windows", str(args.windows), "--speed", threads=args.threads)
