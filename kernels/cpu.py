@@ -42,6 +42,8 @@ _FUNCTIONS = {
     "turbo_linear_f32": (None, [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
                                 ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
                                 ctypes.c_void_p]),
+    "dense_matmul_f32": (None, [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
+                                ctypes.c_void_p]),
 }
 
 
@@ -213,3 +215,16 @@ def rotate(x: torch.Tensor, signs: torch.Tensor, block: int) -> torch.Tensor:
     out = torch.empty(flat.shape[0], k_padded, dtype=torch.float32)
     lib.turbo_rotate_f32(_ptr(flat), flat.shape[0], k, _ptr(signs), k_padded, block, _ptr(out))
     return out.reshape(*x.shape[:-1], k_padded).to(x.dtype)
+
+
+def dense_matmul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
+    """x [M, K] @ weight [N, K].T for fp32 CPU tensors with few rows (weight streamed once, close
+    to the memory bandwidth); None when the native library is unavailable."""
+    lib = native_library()
+    if lib is None:
+        return None
+    x = x.contiguous()
+    out = torch.empty(x.shape[0], weight.shape[0], dtype=torch.float32)
+    lib.dense_matmul_f32(_ptr(x), x.shape[0], x.shape[1], _ptr(weight), weight.shape[0], _ptr(out))
+    return out
+

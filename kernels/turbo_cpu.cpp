@@ -143,6 +143,44 @@ static void row_dot(const float* x, int64_t kp, const uint8_t* codes, const uint
 }
 #endif
 
+// ---- dense fp32 rows: a few activation rows times a plain row-major weight ---------------
+// A decode step of one to three sequences reads every weight once and does little math with
+// it: the speed is the speed of streaming the weight, which these loops keep close to the
+// memory bandwidth (oneDNN's packed kernels and MKL's sgemv stay well below it on some CPUs).
+
+#if defined(__AVX512F__)
+static inline float dense_dot(const float* w, const float* x, int64_t k) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 32 <= k; i += 32) {
+        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(w + i), _mm512_loadu_ps(x + i), a0);
+        a1 = _mm512_fmadd_ps(_mm512_loadu_ps(w + i + 16), _mm512_loadu_ps(x + i + 16), a1);
+    }
+    float s = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+    for (; i < k; i++) s += w[i] * x[i];
+    return s;
+}
+#elif defined(__AVX2__) && defined(__FMA__)
+static inline float dense_dot(const float* w, const float* x, int64_t k) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= k; i += 16) {
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i), _mm256_loadu_ps(x + i), a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 8), _mm256_loadu_ps(x + i + 8), a1);
+    }
+    float s = reduce_add8(_mm256_add_ps(a0, a1));
+    for (; i < k; i++) s += w[i] * x[i];
+    return s;
+}
+#else
+static inline float dense_dot(const float* w, const float* x, int64_t k) {
+    float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+    for (int64_t i = 0; i < k; i++) s += w[i] * x[i];
+    return s;
+}
+#endif
+
 extern "C" {
 
 // Which vector path this build took: 16 (AVX-512), 8 (AVX2) or 2 (scalar). Group sizes must be
@@ -225,6 +263,17 @@ void turbo_linear_f32(const float* x, int64_t m, int64_t k, const float* signs, 
     turbo_rotate_f32(x, m, k, signs, kp, block, x_rot);
     turbo_matmul_f32(x_rot, m, kp, codes, gains, n, group, out);
     delete[] x_rot;
+}
+
+
+// out[M, N] = x[M, K] @ w[N, K].T for plain fp32 tensors; meant for M <= 3 (one weight row is
+// reused from L1 for every activation row).
+void dense_matmul_f32(const float* x, int64_t m, int64_t k, const float* w, int64_t n, float* out) {
+#pragma omp parallel for schedule(static) if (m * n * k >= PARALLEL_MIN_WORK)
+    for (int64_t r = 0; r < n; r++) {
+        const float* wr = w + r * k;
+        for (int64_t i = 0; i < m; i++) out[i * n + r] = dense_dot(wr, x + i * k, k);
+    }
 }
 
 }  // extern "C"

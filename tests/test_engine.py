@@ -73,18 +73,31 @@ def test_qwen3_lean_forward_uses_q_k_norms_and_the_tied_embedding(tiny_qwen3):
     assert not engine.model.get_input_embeddings().weight.is_meta  # lookups still read the embedding
 
 
-def test_on_the_cpu_the_engine_takes_the_linear_weights_over(tiny_llama):
-    """Packed for oneDNN: the modules keep meta placeholders and the sizing counts the packed bytes."""
+def test_on_the_cpu_few_row_steps_stream_the_plain_weight_and_batches_pack_it(tiny_llama):
+    """Batch 1 reads the fused row-major weight (native kernel); a plan of 4+ rows moves it into
+    oneDNN's layout for good, the modules keep meta placeholders, and the answers do not change."""
     from localai.engine.sizing import tensor_bytes
+    from localai.kernels import cpu as cpu_kernels
 
     model, tokenizer = load(tiny_llama)
     before = tensor_bytes(model)
     engine = Engine(model, tokenizer)
-    if engine.runner.model.layers[0].qkv.packed is None:
-        pytest.skip("this torch build has no oneDNN linear")
-    assert model.model.layers[0].self_attn.q_proj.weight.is_meta
+    qkv = engine.runner.model.layers[0].qkv
+    assert qkv.packed is None and qkv.weight is not None
+    q_proj = model.model.layers[0].self_attn.q_proj
+    assert q_proj.weight.data_ptr() == qkv.weight.data_ptr()  # a row slice of the fused weight
     assert engine.model_bytes == before
-    assert len(generate_batch(engine, fixed_length(engine, PROMPTS[:1], 4))[0].token_ids) == 4
+    x = torch.randn(2, qkv.weight.shape[1])
+    if cpu_kernels.native_library() is not None:
+        assert torch.allclose(cpu_kernels.dense_matmul(x, qkv.weight), x @ qkv.weight.T, atol=1e-5)
+    one_at_a_time = [r.token_ids for r in generate_batch(engine, fixed_length(engine, PROMPTS[:4], 6), batch_size=1)]
+    batched = [r.token_ids for r in generate_batch(engine, fixed_length(engine, PROMPTS[:4], 6), batch_size=4)]
+    assert batched == one_at_a_time
+    if qkv.packed is None:
+        pytest.skip("this torch build has no oneDNN linear")
+    assert qkv.weight is None and q_proj.weight.is_meta
+    again = [r.token_ids for r in generate_batch(engine, fixed_length(engine, PROMPTS[:4], 6), batch_size=1)]
+    assert again == one_at_a_time  # few rows on packed weights: padded up to 4
 
 
 def test_continuous_batching_returns_every_request_once_independent_of_batch_size(llama_engine):
