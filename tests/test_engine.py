@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from greedy_reference import transformers_greedy
 from localai.engine.api import Engine, generate_batch, stream_generate
 from localai.engine.kv_cache import KVCache
 from localai.engine.request import Request, SamplingParams
@@ -21,16 +22,7 @@ def load(folder):
 
 
 def reference_ids(folder, prompts, new_tokens):
-    """transformers generate, one prompt at a time, greedy, EOS masked: the new token ids."""
-    model, tokenizer = load(folder)
-    outputs = []
-    with torch.inference_mode():
-        for prompt in prompts:
-            ids = tokenizer(prompt, return_tensors="pt").input_ids
-            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
-                                 min_new_tokens=new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-            outputs.append(out[0, ids.shape[1]:].tolist())
-    return outputs
+    return transformers_greedy(*load(folder), prompts, new_tokens)
 
 
 def fixed_length(engine, prompts, new_tokens, **params):

@@ -6,8 +6,8 @@ Select with `-m realmodel`; the model comes from the `smollm2` fixture (tests/co
 from __future__ import annotations
 
 import pytest
-import torch
 
+from greedy_reference import transformers_greedy
 from localai.engine.api import Engine, generate_batch
 from localai.engine.request import SamplingParams
 
@@ -16,18 +16,6 @@ pytestmark = pytest.mark.realmodel
 PROMPTS = ["The capital of France is", "Write a short poem about the sea.", "Why is the sky blue?",
            "List three uses of a paperclip."]
 NEW_TOKENS = 24
-
-
-def transformers_greedy(model, tokenizer, prompts, new_tokens=NEW_TOKENS):
-    """transformers generate, one prompt at a time (no padding), EOS masked."""
-    outputs = []
-    with torch.inference_mode():
-        for prompt in prompts:
-            ids = tokenizer(prompt, return_tensors="pt").input_ids
-            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
-                                 min_new_tokens=new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-            outputs.append(out[0, ids.shape[1]:].tolist())
-    return outputs
 
 
 def engine_greedy(engine, prompts, batch, new_tokens=NEW_TOKENS):
