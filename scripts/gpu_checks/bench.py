@@ -20,25 +20,13 @@ import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(Path(__file__).resolve().parent)]
+from checkout import import_localai  # noqa: E402
 
 BATCHES = (1, 8, 32, 64)
 INPUT_LEN, OUTPUT_LEN = 128, 64
 SHAPE = dict(hidden=1024, layers=8, heads=16, kv_heads=4, intermediate=2816, vocab=32000)
 BUDGET_S = 50  # leave the rest of the section's time for the report
-
-
-def map_kernels_package() -> None:
-    """Make `localai.kernels` (the top-level kernels/ folder) importable when localai is not installed."""
-    import importlib.util
-
-    if importlib.util.find_spec("localai.kernels") is not None:
-        return
-    spec = importlib.util.spec_from_file_location("localai.kernels", ROOT / "kernels" / "__init__.py",
-                                                  submodule_search_locations=[str(ROOT / "kernels")])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["localai.kernels"] = module
-    spec.loader.exec_module(module)
 
 
 def _error(exc: BaseException) -> dict:
@@ -133,7 +121,7 @@ def run() -> dict:
         return {"error": "no CUDA GPU"}
     from localai.bench.report import build_report, environment
 
-    map_kernels_package()
+    import_localai()
     deadline = time.perf_counter() + BUDGET_S
     scratch = Path(tempfile.mkdtemp(prefix="bench-check-"))
     runs, errors, timings = [], [], {}

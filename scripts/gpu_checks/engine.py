@@ -20,6 +20,9 @@ import time
 import traceback
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from checkout import import_localai  # noqa: E402
+
 BUDGET_S = 85.0
 SHAPE = dict(hidden_size=2048, num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4,
              intermediate_size=5632, vocab_size=32000, max_position_embeddings=4096)
@@ -31,27 +34,6 @@ _deadline = float("inf")
 
 def _time_left() -> float:
     return _deadline - time.perf_counter()
-
-
-def _import_localai() -> None:
-    """Make localai and localai.kernels importable from a checkout that was not pip-installed."""
-    root = Path(__file__).resolve().parents[2]
-    sys.path.insert(0, str(root))
-    try:
-        import localai.kernels  # noqa: F401
-        return
-    except ImportError:
-        pass
-    import importlib.util
-
-    import localai
-
-    spec = importlib.util.spec_from_file_location("localai.kernels", root / "kernels" / "__init__.py",
-                                                  submodule_search_locations=[str(root / "kernels")])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["localai.kernels"] = module
-    spec.loader.exec_module(module)
-    localai.kernels = module
 
 
 class IdTokenizer:
@@ -235,7 +217,7 @@ def run() -> dict:
     _deadline = time.perf_counter() + float(os.environ.get("ENGINE_CHECK_BUDGET_S", BUDGET_S))
     report: dict = {"shape": SHAPE, "prompt_tokens": PROMPT_TOKENS, "new_tokens": NEW_TOKENS}
     try:
-        _import_localai()
+        import_localai()
         model = build_model()
         report["parameters"] = sum(p.numel() for p in model.parameters())
     except Exception as exc:

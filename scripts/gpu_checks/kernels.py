@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from checkout import import_localai  # noqa: E402
 from turbo_decode import attempt, bench_decode, rel_err  # noqa: E402
 
 BUDGET_S = 85.0
@@ -38,27 +39,6 @@ _deadline = float("inf")
 
 def _time_left() -> float:
     return _deadline - time.perf_counter()
-
-
-def _import_kernels() -> None:
-    """Make localai.kernels importable from a source checkout that was not pip-installed."""
-    try:
-        import localai.kernels.ops  # noqa: F401
-        return
-    except ImportError:
-        pass
-    import importlib.util
-
-    root = Path(__file__).resolve().parents[2]
-    sys.path.insert(0, str(root))
-    import localai
-
-    spec = importlib.util.spec_from_file_location("localai.kernels", root / "kernels" / "__init__.py",
-                                                  submodule_search_locations=[str(root / "kernels")])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["localai.kernels"] = module
-    spec.loader.exec_module(module)
-    localai.kernels = module
 
 
 def _graph_time_us(calls, replays: int = 20) -> float:
@@ -246,7 +226,7 @@ def run(sweep_splits: tuple[int, ...] = (), budget_s: float = BUDGET_S) -> dict:
 
     if not torch.cuda.is_available():
         return {"error": "no CUDA device"}
-    _import_kernels()
+    import_localai()
     _deadline = time.perf_counter() + budget_s
     report = {"device": torch.cuda.get_device_name(0)}
     parts = (("matmul", lambda: bench_matmul(sweep_splits), 0),
