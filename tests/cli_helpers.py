@@ -1,4 +1,4 @@
-"""Helpers for tests that run `localai` in a fresh process and read its one-line errors."""
+"""Helpers for tests that run `localai` (in a fresh process or in this one) and read its one-line errors."""
 
 from __future__ import annotations
 
@@ -15,6 +15,15 @@ def run_cli(*args: str, env: dict | None = None, timeout: int = 120) -> subproce
     """`localai ARGS` in a fresh process: huggingface-hub reads HF_ENDPOINT/HF_HUB_OFFLINE at import."""
     return subprocess.run([sys.executable, "-m", "localai", *args], env=env, capture_output=True, text=True,
                           timeout=timeout, cwd=REPO_ROOT, stdin=subprocess.DEVNULL)
+
+
+def invoke_on_cpu(*args):
+    """`localai --device cpu ARGS` in this process through typer's CliRunner; paths and numbers are str()'d."""
+    from typer.testing import CliRunner
+
+    from localai.cli import app
+
+    return CliRunner().invoke(app, ["--device", "cpu", *[str(a) for a in args]])
 
 
 def online_env(tmp_path: Path, endpoint: str) -> dict:

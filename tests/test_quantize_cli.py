@@ -4,15 +4,8 @@ import json
 import math
 
 import pytest
-from typer.testing import CliRunner
 
-from localai.cli import app
-
-runner = CliRunner()
-
-
-def _run(*args):
-    return runner.invoke(app, ["--device", "cpu", *[str(a) for a in args]])
+from cli_helpers import invoke_on_cpu
 
 
 def _one_line_error(result, code=1):
@@ -33,7 +26,7 @@ def text_file(tmp_path):
 @pytest.fixture(scope="module")
 def data_free(tiny_llama, tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "tq-data-free"
-    result = _run("quantize", tiny_llama, "-o", out, "--no-calib", "--json")
+    result = invoke_on_cpu("quantize", tiny_llama, "-o", out, "--no-calib", "--json")
     assert result.exit_code == 0, result.output
     return out, result
 
@@ -52,7 +45,7 @@ def test_quantize_data_free_summary(data_free):
 
 def test_quantize_with_calibration_file_prints_the_folder(tiny_llama, tmp_path, text_file):
     out = tmp_path / "tq-calib"
-    result = _run("quantize", tiny_llama, "-o", out, "--calib", text_file, "--calib-tokens", 1024)
+    result = invoke_on_cpu("quantize", tiny_llama, "-o", out, "--calib", text_file, "--calib-tokens", 1024)
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() == str(out)
     assert "calibration    text.txt, 1,024 tokens" in result.stderr
@@ -61,7 +54,7 @@ def test_quantize_with_calibration_file_prints_the_folder(tiny_llama, tmp_path, 
 
 def test_quantize_default_calibration_is_self_generated(tiny_qwen3, tmp_path):
     out = tmp_path / "tq-self"
-    result = _run("quantize", tiny_qwen3, "-o", out, "--calib-tokens", 512, "--json")
+    result = invoke_on_cpu("quantize", tiny_qwen3, "-o", out, "--calib-tokens", 512, "--json")
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["calibration"].startswith("self-generated") and summary["calib_tokens"] == 512
@@ -69,27 +62,27 @@ def test_quantize_default_calibration_is_self_generated(tiny_qwen3, tmp_path):
 
 def test_eval_on_quantized_and_fp_models(data_free, tiny_llama, text_file):
     out, _ = data_free
-    fp = _run("eval", tiny_llama, "--text", text_file, "--windows", 2, "--ctx", 64, "--json")
-    tq = _run("eval", out, "--text", text_file, "--windows", 2, "--ctx", 64, "--json")
+    fp = invoke_on_cpu("eval", tiny_llama, "--text", text_file, "--windows", 2, "--ctx", 64, "--json")
+    tq = invoke_on_cpu("eval", out, "--text", text_file, "--windows", 2, "--ctx", 64, "--json")
     assert fp.exit_code == 0 and tq.exit_code == 0, fp.output + tq.output
     fp_res, tq_res = json.loads(fp.stdout), json.loads(tq.stdout)
     assert tq_res["quantization"] == "turboquant" and fp_res["quantization"] == "none"
     assert tq_res["tokens_scored"] == 2 * 63
     assert math.isfinite(tq_res["perplexity"]) and tq_res["perplexity"] > 1
-    plain = _run("eval", out, "--text", text_file, "--windows", 2, "--ctx", 64)
+    plain = invoke_on_cpu("eval", out, "--text", text_file, "--windows", 2, "--ctx", 64)
     assert float(plain.stdout) == pytest.approx(tq_res["perplexity"], abs=1e-3)
 
 
 def test_eval_several_models_one_table_with_speed(data_free, tiny_llama, text_file):
     out, _ = data_free
     args = ("eval", tiny_llama, out, "--text", text_file, "--windows", 2, "--ctx", 64, "--speed", "--speed-tokens", 6)
-    rows = json.loads(_run(*args, "--json").stdout)
+    rows = json.loads(invoke_on_cpu(*args, "--json").stdout)
     assert [row["quantization"] for row in rows] == ["none", "turboquant"]
     for row in rows:
         assert row["decode_tokens"] == 5 and row["decode_tokens_per_s"] > 0
         assert row["tokens_scored"] == 2 * 63 and math.isfinite(row["perplexity"])
     assert 0 < rows[1]["weight_bytes"] < rows[0]["weight_bytes"]
-    table = _run(*args)
+    table = invoke_on_cpu(*args)
     assert table.exit_code == 0, table.output
     header, fp_line, tq_line = table.stdout.strip().splitlines()
     assert header.split() == ["model", "quantization", "weights", "perplexity", "decode", "tok/s"]
@@ -98,21 +91,21 @@ def test_eval_several_models_one_table_with_speed(data_free, tiny_llama, text_fi
 
 
 def test_eval_checks_every_model_before_scoring_any(tiny_llama, tmp_path, text_file):
-    line = _one_line_error(_run("eval", tiny_llama, tmp_path / "absent-model", "--text", text_file, "--windows", 1,
+    line = _one_line_error(invoke_on_cpu("eval", tiny_llama, tmp_path / "absent-model", "--text", text_file, "--windows", 1,
                                 "--ctx", 16))
     assert "absent-model" in line
-    assert _run("eval", tiny_llama, "--speed", "--speed-tokens", 1).exit_code == 2
+    assert invoke_on_cpu("eval", tiny_llama, "--speed", "--speed-tokens", 1).exit_code == 2
 
 
 @pytest.mark.parametrize("method", ["int4", "nf4"])
 def test_baseline_methods_quantize_and_evaluate(method, tiny_llama, tmp_path, text_file):
     out = tmp_path / method
-    result = _run("quantize", tiny_llama, "-o", out, "--method", method, "--group-size", 64, "--json")
+    result = invoke_on_cpu("quantize", tiny_llama, "-o", out, "--method", method, "--group-size", 64, "--json")
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["method"] == method and summary["calibration"] == "not used"
     assert 4.0 < summary["bits_per_weight"] < 5.0
-    evaluated = _run("eval", out, "--text", text_file, "--windows", 1, "--ctx", 64, "--json")
+    evaluated = invoke_on_cpu("eval", out, "--text", text_file, "--windows", 1, "--ctx", 64, "--json")
     assert evaluated.exit_code == 0, evaluated.output
     assert math.isfinite(json.loads(evaluated.stdout)["perplexity"])
 
@@ -123,28 +116,28 @@ def _nothing_written(parent):
 
 def test_unknown_method(tiny_llama, tmp_path):
     target = tmp_path / "out" / "q"
-    line = _one_line_error(_run("quantize", tiny_llama, "-o", target, "--method", "gptq8"))
+    line = _one_line_error(invoke_on_cpu("quantize", tiny_llama, "-o", target, "--method", "gptq8"))
     assert "unknown method 'gptq8'" in line and "turboquant, nf4, int4" in line
     assert not (tmp_path / "out").exists()
 
 
 def test_group_size_that_does_not_divide(tiny_llama, tmp_path):
-    line = _one_line_error(_run("quantize", tiny_llama, "-o", tmp_path / "q", "--group-size", 48, "--no-calib"))
+    line = _one_line_error(invoke_on_cpu("quantize", tiny_llama, "-o", tmp_path / "q", "--group-size", 48, "--no-calib"))
     assert "group size 48 does not divide the padded input size 64" in line
     assert _nothing_written(tmp_path)
 
 
 def test_conflicting_and_inapplicable_flags(tiny_llama, tmp_path, text_file):
-    both = _run("quantize", tiny_llama, "-o", tmp_path / "q", "--calib", text_file, "--no-calib")
+    both = invoke_on_cpu("quantize", tiny_llama, "-o", tmp_path / "q", "--calib", text_file, "--no-calib")
     assert "exclude each other" in _one_line_error(both, code=2)
-    nf4 = _run("quantize", tiny_llama, "-o", tmp_path / "q", "--method", "nf4", "--group-size", 32)
+    nf4 = invoke_on_cpu("quantize", tiny_llama, "-o", tmp_path / "q", "--method", "nf4", "--group-size", 32)
     assert "blocks of 64" in _one_line_error(nf4)
     assert not (tmp_path / "q").exists()
 
 
 def test_existing_output_is_refused(data_free, tiny_llama):
     out, _ = data_free
-    line = _one_line_error(_run("quantize", tiny_llama, "-o", out, "--no-calib"))
+    line = _one_line_error(invoke_on_cpu("quantize", tiny_llama, "-o", out, "--no-calib"))
     assert "already exists" in line
 
 
@@ -154,7 +147,7 @@ def test_corrupt_quantized_checkpoint(data_free, tmp_path, text_file):
     broken = tmp_path / "broken"
     shutil.copytree(data_free[0], broken)
     (broken / "model.safetensors").write_bytes(b"not a safetensors file")
-    line = _one_line_error(_run("eval", broken, "--text", text_file, "--windows", 1, "--ctx", 16))
+    line = _one_line_error(invoke_on_cpu("eval", broken, "--text", text_file, "--windows", 1, "--ctx", 16))
     assert "truncated or corrupt" in line
 
 
@@ -166,12 +159,12 @@ def test_missing_quantization_config_fields(data_free, tmp_path, text_file):
     config = json.loads((broken / "config.json").read_text())
     del config["quantization_config"]["group_size"], config["quantization_config"]["max_block"]
     (broken / "config.json").write_text(json.dumps(config))
-    line = _one_line_error(_run("eval", broken, "--text", text_file, "--windows", 1, "--ctx", 16))
+    line = _one_line_error(invoke_on_cpu("eval", broken, "--text", text_file, "--windows", 1, "--ctx", 16))
     assert "lacks group_size, max_block" in line
 
 
 def test_eval_bad_input(tiny_llama, tmp_path, text_file):
-    line = _one_line_error(_run("eval", tiny_llama, "--text", tmp_path / "absent.txt"))
+    line = _one_line_error(invoke_on_cpu("eval", tiny_llama, "--text", tmp_path / "absent.txt"))
     assert "text file not found" in line
-    line = _one_line_error(_run("eval", tiny_llama, "--text", text_file, "--windows", 500, "--ctx", 64))
+    line = _one_line_error(invoke_on_cpu("eval", tiny_llama, "--text", text_file, "--windows", 500, "--ctx", 64))
     assert "500 asked for" in line

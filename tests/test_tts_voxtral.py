@@ -11,6 +11,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 from make_tiny_voxtral import TINY_VOICES  # noqa: E402
+from tiny_models import rewrite_voxtral_weights  # noqa: E402
 
 from localai.errors import LocalaiError  # noqa: E402
 from localai.tts.voxtral.backbone import apply_rope, rope_table  # noqa: E402
@@ -34,18 +35,10 @@ def copy_checkpoint(src: Path, dst: Path) -> Path:
     return dst
 
 
-def rewrite_weights(folder: Path, edit) -> None:
-    from safetensors.torch import load_file, save_file
-
-    tensors = load_file(str(folder / "consolidated.safetensors"))
-    edit(tensors)
-    save_file(tensors, str(folder / "consolidated.safetensors"))
-
-
 def test_renamed_key_fails_with_its_name(tiny_voxtral, tmp_path):
     folder = copy_checkpoint(tiny_voxtral, tmp_path / "renamed")
     key = "layers.1.attention.wq.weight"
-    rewrite_weights(folder, lambda t: t.__setitem__(key + "s", t.pop(key)))
+    rewrite_voxtral_weights(folder, lambda t: t.__setitem__(key + "s", t.pop(key)))
     with pytest.raises(LocalaiError, match=r"unexpected key layers\.1\.attention\.wq\.weights"):
         load_model(folder, dtype=torch.float32)
 
@@ -53,14 +46,14 @@ def test_renamed_key_fails_with_its_name(tiny_voxtral, tmp_path):
 def test_missing_key_fails_with_its_name(tiny_voxtral, tmp_path):
     folder = copy_checkpoint(tiny_voxtral, tmp_path / "missing")
     key = "audio_tokenizer.decoder_blocks.2.conv.parametrizations.weight.original1"
-    rewrite_weights(folder, lambda t: t.pop(key))
+    rewrite_voxtral_weights(folder, lambda t: t.pop(key))
     with pytest.raises(LocalaiError, match=f"missing key {key}"):
         load_model(folder, dtype=torch.float32)
 
 
 def test_wrong_shape_fails_with_its_name(tiny_voxtral, tmp_path):
     folder = copy_checkpoint(tiny_voxtral, tmp_path / "shape")
-    rewrite_weights(folder, lambda t: t.__setitem__("norm.weight", torch.ones(3)))
+    rewrite_voxtral_weights(folder, lambda t: t.__setitem__("norm.weight", torch.ones(3)))
     with pytest.raises(LocalaiError, match=r"norm\.weight has shape \[3\]"):
         load_model(folder, dtype=torch.float32)
 

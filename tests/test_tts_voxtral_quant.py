@@ -2,32 +2,20 @@
 
 import json
 import shutil
-import sys
-from pathlib import Path
 
 import pytest
 import soundfile
 import torch
-from typer.testing import CliRunner
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-
-from cli_helpers import one_error_line  # noqa: E402
-
-from localai.cli import app  # noqa: E402
-from localai.errors import LocalaiError  # noqa: E402
-from localai.quant.linear import TurboLinear  # noqa: E402
-from localai.tts.voxtral.generate import VoxtralSynthesizer  # noqa: E402
-from localai.tts.voxtral.loader import load_model, load_tokenizer  # noqa: E402
-from localai.tts.voxtral.quantize import quantize_voxtral  # noqa: E402
+from cli_helpers import invoke_on_cpu, one_error_line
+from tiny_models import rewrite_voxtral_weights
+from localai.errors import LocalaiError
+from localai.quant.linear import TurboLinear
+from localai.tts.voxtral.generate import VoxtralSynthesizer
+from localai.tts.voxtral.loader import load_model, load_tokenizer
+from localai.tts.voxtral.quantize import quantize_voxtral
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-runner = CliRunner()
-
-
-def _run(*args):
-    return runner.invoke(app, ["--device", "cpu", *[str(a) for a in args]])
 
 
 @pytest.fixture(scope="module")
@@ -35,18 +23,10 @@ def quantized(tiny_voxtral, tmp_path_factory):
     out = tmp_path_factory.mktemp("voxtral-quant") / "tiny-voxtral-tq4"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    result = _run("quantize", tiny_voxtral, "-o", out, "--json")
+    result = invoke_on_cpu("quantize", tiny_voxtral, "-o", out, "--json")
     torch.set_num_threads(threads)
     assert result.exit_code == 0, result.output
     return out, result
-
-
-def rewrite(folder: Path, edit) -> None:
-    from safetensors.torch import load_file, save_file
-
-    tensors = load_file(str(folder / "consolidated.safetensors"))
-    edit(tensors)
-    save_file(tensors, str(folder / "consolidated.safetensors"))
 
 
 def test_quantize_writes_a_4_bit_voxtral_folder(quantized):
@@ -78,7 +58,7 @@ def test_quantize_writes_a_4_bit_voxtral_folder(quantized):
 
 def test_plain_summary_prints_the_folder(tiny_voxtral, tmp_path):
     out = tmp_path / "tq4"
-    result = _run("quantize", tiny_voxtral, "-o", out, "--group-size", 32)
+    result = invoke_on_cpu("quantize", tiny_voxtral, "-o", out, "--group-size", 32)
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() == str(out)
     assert "bits/weight" in result.stderr and "checkpoint" in result.stderr
@@ -108,12 +88,12 @@ def test_loaded_checkpoint_equals_in_memory_quantization(tiny_voxtral, quantized
 def test_missing_or_mistyped_codes_fail_naming_the_key(quantized, tmp_path):
     out, _ = quantized
     missing = shutil.copytree(out, tmp_path / "missing")
-    rewrite(missing, lambda t: t.pop("layers.1.attention.wq.codes"))
+    rewrite_voxtral_weights(missing, lambda t: t.pop("layers.1.attention.wq.codes"))
     with pytest.raises(LocalaiError, match=r"missing key layers\.1\.attention\.wq\.codes"):
         load_model(missing)
     retyped = shutil.copytree(out, tmp_path / "retyped")
     key = "acoustic_transformer.time_projection.gains"
-    rewrite(retyped, lambda t: t.__setitem__(key, t[key].float()))
+    rewrite_voxtral_weights(retyped, lambda t: t.__setitem__(key, t[key].float()))
     with pytest.raises(LocalaiError, match=rf"{key} is float32, expected float16"):
         load_model(retyped)
 
@@ -128,7 +108,7 @@ def test_bad_quantization_json_is_one_line(quantized, tmp_path, localai_home, ed
     record = json.loads((broken / "quantization.json").read_text())
     edit(record)
     (broken / "quantization.json").write_text(json.dumps(record))
-    result = _run("speak", "--tts", "voxtral", "--tts-model", broken, "--out", tmp_path / "x.wav", "Hi.")
+    result = invoke_on_cpu("speak", "--tts", "voxtral", "--tts-model", broken, "--out", tmp_path / "x.wav", "Hi.")
     assert result.exit_code == 1
     line = one_error_line(result.stderr)
     assert message in line and "localai quantize" in line
@@ -139,21 +119,21 @@ def test_voxtral_flags_that_do_not_apply_are_usage_errors(tiny_voxtral, tmp_path
     text = tmp_path / "calib.txt"
     text.write_text("Some text. " * 50)
     for flags in (["--calib", text], ["--method", "int4"], ["--quantize-head"]):
-        result = _run("quantize", tiny_voxtral, "-o", tmp_path / "q", *flags)
+        result = invoke_on_cpu("quantize", tiny_voxtral, "-o", tmp_path / "q", *flags)
         assert result.exit_code == 2, result.output
         assert result.stdout == "" and one_error_line(result.stderr)
-    assert "--calib does not apply" in _run("quantize", tiny_voxtral, "-o", tmp_path / "q", "--calib", text).stderr
+    assert "--calib does not apply" in invoke_on_cpu("quantize", tiny_voxtral, "-o", tmp_path / "q", "--calib", text).stderr
     assert not (tmp_path / "q").exists()
 
 
 def test_existing_output_and_quantized_source_are_refused(tiny_voxtral, quantized, tmp_path):
     out, _ = quantized
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
-    result = _run("quantize", tiny_voxtral, "-o", out)
+    result = invoke_on_cpu("quantize", tiny_voxtral, "-o", out)
     assert result.exit_code == 1 and "already exists" in one_error_line(result.stderr)
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
     assert not list(out.parent.glob(".*partial*"))
-    again = _run("quantize", out, "-o", tmp_path / "again")
+    again = invoke_on_cpu("quantize", out, "-o", tmp_path / "again")
     assert again.exit_code == 1 and "already quantized" in one_error_line(again.stderr)
     assert not any(tmp_path.iterdir())
 
@@ -162,7 +142,7 @@ def test_speak_loads_the_quantized_folder_as_4_bit(quantized, tmp_path, localai_
     out, _ = quantized
     for flags in ([], ["--quantize"]):  # --quantize on a 4-bit folder does not quantize again
         wav = tmp_path / "q.wav"
-        result = _run("speak", "--tts", "voxtral", "--tts-model", out, "--voice", "neutral_male", "--out", wav,
+        result = invoke_on_cpu("speak", "--tts", "voxtral", "--tts-model", out, "--voice", "neutral_male", "--out", wav,
                       *flags, "Hi.")
         assert result.exit_code == 0, result.stderr
         assert "tts: Voxtral 4B TTS (cpu, 4-bit TurboQuant)" in result.stderr

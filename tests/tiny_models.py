@@ -76,3 +76,12 @@ def build_model(folder: Path, family: str = "llama", hidden: int = 64, layers: i
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def rewrite_voxtral_weights(folder: Path, edit) -> None:
+    """Load a Voxtral folder's consolidated.safetensors, let `edit(tensors)` change the dict, write it back."""
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(folder / "consolidated.safetensors"))
+    edit(tensors)
+    save_file(tensors, str(folder / "consolidated.safetensors"))
