@@ -145,6 +145,36 @@ def test_end_of_audio_code_stops_generation(tiny_voxtral):
     assert synthesizer.synthesize("Nothing to say.", "casual_female").numel() == 0
 
 
+def test_fixed_shape_frames_match_eager_frames(tiny_voxtral, monkeypatch):
+    """What a CUDA graph replays (position as a tensor, a persistent cache attended under a mask)
+    gives the eager frames: over sentences of different lengths, with the cache reused, its stale
+    tail from a longer sentence, and grown."""
+    from localai.tts.voxtral import frame_steps
+
+    monkeypatch.setattr(frame_steps, "CACHE_ROUNDING", 16)
+    model = load_model(tiny_voxtral, dtype=torch.float32)
+    tokenizer = load_tokenizer(tiny_voxtral)
+    eager = VoxtralSynthesizer(model, tokenizer, tiny_voxtral, max_frames=12)
+    fixed = VoxtralSynthesizer(model, tokenizer, tiny_voxtral, max_frames=12, decode_mode="fixed-shape")
+    assert eager.decode_mode == "eager"  # the CPU's default
+    sizes = []
+    texts = ["A longer sentence to begin with.", "Short.",
+             "And a much longer one, long enough to make the persistent cache grow past its size."]
+    for seed, text in enumerate(texts):
+        expected = torch.stack(list(eager.frames(text, "casual_female", seed=seed)))
+        got = torch.stack(list(fixed.frames(text, "casual_female", seed=seed)))
+        assert torch.equal(got, expected), text
+        sizes.append(fixed.frame_steps.cache.max_len)
+    assert sizes[0] == sizes[1] < sizes[2] and all(size % 16 == 0 for size in sizes)
+
+
+def test_unknown_or_unusable_decode_mode_is_an_error(tiny_voxtral, synthesizer):
+    with pytest.raises(LocalaiError, match="unknown decode mode 'fast'"):
+        VoxtralSynthesizer(synthesizer.model, None, tiny_voxtral, decode_mode="fast")
+    with pytest.raises(LocalaiError, match="CUDA graphs need"):
+        VoxtralSynthesizer(synthesizer.model, None, tiny_voxtral, decode_mode="graphs")
+
+
 def test_unknown_voice_is_an_error(synthesizer):
     with pytest.raises(LocalaiError, match="unknown voice 'robot'"):
         list(synthesizer.frames("Hi", "robot"))

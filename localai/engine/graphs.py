@@ -60,7 +60,8 @@ class GraphDecoder:
                 self.step(tokens, start)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
+        # thread_local: a speech thread may be using the GPU meanwhile (`chat --speak`)
+        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
             logits = self.step(tokens, start)
         self.captured[bucket] = Captured(graph, tokens, start, logits)
         return self.captured[bucket]

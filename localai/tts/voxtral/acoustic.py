@@ -105,5 +105,6 @@ class AcousticHead(nn.Module):
         """hidden: [B, C], noise: [B, 36] -> frame codes [B, 37]; semantic id 1 (END_AUDIO) ends the audio."""
         semantic = self.semantic_code(hidden)
         acoustic = self.acoustic_codes(hidden, noise)
-        acoustic[semantic == END_AUDIO] = EMPTY_AUDIO + N_AUDIO_SPECIAL
+        # torch.where, not a masked assignment: that would read the mask back to the host (no CUDA graph)
+        acoustic = torch.where((semantic == END_AUDIO)[:, None], EMPTY_AUDIO + N_AUDIO_SPECIAL, acoustic)
         return torch.cat((semantic[:, None], acoustic), dim=1)

@@ -38,9 +38,18 @@ class KVCache:
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.max_len = max_len
+        self.positions = torch.arange(max_len, device=device)
 
-    def update(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store k, v ([1, Hkv, T, D]) at positions start..start+T; return all keys and values so far."""
+    def update(self, layer: int, start: int | torch.Tensor, k: torch.Tensor,
+               v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v ([1, Hkv, T, D]) at positions start..start+T; return the keys and values to attend to.
+
+        With `start` an int: those up to start+T. With `start` a [1] tensor (one position, fixed
+        shapes for CUDA graphs): the whole cache, which the caller masks past `start`."""
+        if isinstance(start, torch.Tensor):
+            self.k[layer].index_copy_(2, start, k)
+            self.v[layer].index_copy_(2, start, v)
+            return self.k[layer], self.v[layer]
         end = start + k.shape[2]
         self.k[layer, :, :, start:end] = k
         self.v[layer, :, :, start:end] = v
@@ -48,17 +57,12 @@ class KVCache:
 
 
 class CausalSelfAttention(AttentionProjections):
-    def forward(self, x, rotation, cache: KVCache, layer: int, start: int) -> torch.Tensor:
-        # x: [1, T, C]
-        t = x.shape[1]
+    def forward(self, x, rotation, mask, cache: KVCache, layer: int, start: int | torch.Tensor) -> torch.Tensor:
+        # x: [1, T, C]; mask: None (one query seeing the whole prefix) or [T, S] bool
         q = apply_rope(self.split_heads(self.wq(x), self.n_heads), rotation)
         k = apply_rope(self.split_heads(self.wk(x), self.n_kv_heads), rotation)
         v = self.split_heads(self.wv(x), self.n_kv_heads)
         keys, values = cache.update(layer, start, k, v)
-        mask = None
-        if t > 1:  # query i sits at position start + i and sees keys up to there
-            query_pos = torch.arange(start, start + t, device=x.device)[:, None]
-            mask = torch.arange(start + t, device=x.device)[None, :] <= query_pos
         return self.wo(self.merge_heads(attend(q, keys, values, mask)))
 
 
@@ -70,8 +74,8 @@ class DecoderLayer(nn.Module):
         self.attention_norm = nn.RMSNorm(args.dim, eps=args.norm_eps)
         self.ffn_norm = nn.RMSNorm(args.dim, eps=args.norm_eps)
 
-    def forward(self, x, rotation, cache: KVCache, layer: int, start: int) -> torch.Tensor:
-        h = x + self.attention(self.attention_norm(x), rotation, cache, layer, start)
+    def forward(self, x, rotation, mask, cache: KVCache, layer: int, start: int | torch.Tensor) -> torch.Tensor:
+        h = x + self.attention(self.attention_norm(x), rotation, mask, cache, layer, start)
         return h + self.feed_forward(self.ffn_norm(h))
 
 
@@ -95,12 +99,24 @@ class Backbone(nn.Module):
             self._rope = rope_table(self.args.head_dim, size, self.args.rope_theta, device)
         return self._rope[start:start + length]
 
-    def forward(self, embeds: torch.Tensor, cache: KVCache, start: int) -> torch.Tensor:
-        # embeds: [1, T, C] for positions start..start+T -> hidden: [1, T, C]
-        if start + embeds.shape[1] > cache.max_len:
-            raise ValueError(f"sequence of {start + embeds.shape[1]} positions exceeds the cache ({cache.max_len})")
-        rotation = self._rope_for(start, embeds.shape[1], embeds.device)
+    def forward(self, embeds: torch.Tensor, cache: KVCache, start: int | torch.Tensor) -> torch.Tensor:
+        """embeds: [1, T, C] for positions start..start+T -> hidden: [1, T, C].
+
+        `start` may be a [1] long tensor for one position (T = 1): every shape is then fixed
+        and nothing is read back to the host, so the step can be captured in a CUDA graph
+        and replayed at any position (the rotary table must already cover the cache)."""
+        if isinstance(start, torch.Tensor):
+            rotation = self._rope_for(0, cache.max_len, embeds.device).index_select(0, start)
+            mask = (cache.positions <= start)[None]  # [1, S]: the positions written so far
+        else:
+            if start + embeds.shape[1] > cache.max_len:
+                raise ValueError(f"sequence of {start + embeds.shape[1]} positions exceeds the cache ({cache.max_len})")
+            t = embeds.shape[1]
+            rotation = self._rope_for(start, t, embeds.device)
+            mask = None
+            if t > 1:  # query i sits at position start + i and sees keys up to there
+                mask = cache.positions[:start + t][None, :] <= cache.positions[start:start + t, None]
         h = embeds
         for index, layer in enumerate(self.layers):
-            h = layer(h, rotation, cache, index, start)
+            h = layer(h, rotation, mask, cache, index, start)
         return self.norm(h)

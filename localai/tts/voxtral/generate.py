@@ -16,6 +16,7 @@ import torch
 
 from localai.errors import LocalaiError
 from localai.tts.voxtral.config import END_AUDIO
+from localai.tts.voxtral.frame_steps import FRAME_STEPS
 from localai.tts.voxtral.loader import list_voices, load_voice
 from localai.tts.voxtral.streaming import StreamingDecoder, decode_frames
 
@@ -24,11 +25,23 @@ FRAMES_PER_CHAR = 3  # speech runs about 0.8 frames per character; beyond ~4x th
 
 
 class VoxtralSynthesizer:
-    def __init__(self, model, tokenizer, folder: Path, max_frames: int = MAX_FRAMES):
+    """Speech for one stream at a time (the frame steps keep one KV cache).
+
+    decode_mode: "eager", "fixed-shape" or "graphs" (see frame_steps.py); None = graphs on
+    CUDA (the frame step is launch-bound there), eager elsewhere."""
+
+    def __init__(self, model, tokenizer, folder: Path, max_frames: int = MAX_FRAMES, decode_mode: str | None = None):
         self.model, self.tokenizer, self.folder = model, tokenizer, Path(folder)
         self.config = model.config
         self.max_frames = max_frames
         self._voices: dict[str, torch.Tensor] = {}
+        decode_mode = decode_mode or ("graphs" if model.device.type == "cuda" else "eager")
+        if decode_mode not in FRAME_STEPS:
+            raise LocalaiError(f"unknown decode mode {decode_mode!r}", f"use one of: {', '.join(FRAME_STEPS)}")
+        if decode_mode == "graphs" and model.device.type != "cuda":
+            raise LocalaiError("CUDA graphs need the model on a CUDA device", "use decode mode eager")
+        self.decode_mode = decode_mode
+        self.frame_steps = FRAME_STEPS[decode_mode](model)
 
     @property
     def sample_rate(self) -> int:
@@ -60,17 +73,17 @@ class VoxtralSynthesizer:
         ids = self.prompt_ids(text, voice)
         embeds = model.embed_prompt(ids, rows)  # [1, T, C]
         budget = min(self.max_frames, 40 + FRAMES_PER_CHAR * len(text))
-        cache = model.backbone.new_cache(len(ids) + budget + 1)
+        cache = self.frame_steps.cache_for(len(ids) + budget + 1)  # the last position stays free
         hidden = model.backbone(embeds, cache, 0)[:, -1]  # [1, C] at the final [BEGIN_AUDIO]
         generator = torch.Generator(device=model.device).manual_seed(seed)
         noise_shape = (1, self.config.n_acoustic_codebook)
         for position in range(len(ids), len(ids) + budget):
             noise = torch.randn(noise_shape, generator=generator, device=model.device, dtype=torch.float32)
-            codes = model.acoustic(hidden, noise)  # [1, 37]
+            # the codes of this frame, and already the hidden state for the next one
+            codes, hidden = self.frame_steps.step(hidden, noise, position)
             if int(codes[0, 0]) == END_AUDIO or (should_stop is not None and should_stop()):
                 return
             yield codes[0]
-            hidden = model.backbone(model.audio_embeddings(codes)[:, None], cache, position)[:, -1]
 
     @torch.inference_mode()
     def stream(self, text: str, voice: str, seed: int = 0, should_stop=None) -> Iterator[torch.Tensor]:
