@@ -37,20 +37,24 @@ def test_quantize_writes_a_4_bit_voxtral_folder(quantized):
                                                      "quantization.json", "tekken.json", "voice_embedding"]
     assert sorted(p.name for p in (out / "voice_embedding").iterdir()) == ["casual_female.pt", "neutral_male.pt"]
     record = json.loads((out / "quantization.json").read_text())
-    assert {k: record[k] for k in ("quant_method", "bits", "group_size", "seed", "max_block", "format_version")} == \
-        {"quant_method": "turboquant", "bits": 4, "group_size": 64, "seed": 0, "max_block": 128, "format_version": 1}
-    assert record["modules"] == sorted(record["modules"]) and len(record["modules"]) == 2 * 7 + 3 * 7 + 2
-    assert "layers.0.attention.wq" in record["modules"] and "acoustic_transformer.llm_projection" in record["modules"]
+    # the fields of a TurboQuant transformers checkpoint's quantization_config
+    modules = record.pop("modules_to_convert")
+    kept = record.pop("modules_not_converted")
+    assert record == {"quant_method": "turboquant", "bits": 4, "group_size": 64, "rotation": "hadamard",
+                      "rotation_seed": 0, "max_block": 128}
+    assert modules == sorted(modules) and len(modules) == 2 * 7 + 3 * 7 + 2
+    assert "layers.0.attention.wq" in modules and "acoustic_transformer.llm_projection" in modules
+    assert "acoustic_transformer.input_projection" in kept and not set(kept) & set(modules)
     with safe_open(str(out / "consolidated.safetensors"), framework="pt") as file:
         keys = set(file.keys())
         assert file.get_slice("layers.0.attention.wq.codes").get_dtype() == "U8"
         assert file.get_slice("layers.0.attention.wq.gains").get_dtype() == "F16"
         assert file.get_slice("audio_tokenizer.output_proj.conv.parametrizations.weight.original1").get_dtype() == "BF16"
-    assert not any(f"{m}.weight" in keys for m in record["modules"])
+    assert not any(f"{m}.weight" in keys for m in modules)
     assert "acoustic_transformer.semantic_codebook_output.weight" in keys  # output heads stay 16-bit
     summary = json.loads(result.stdout)
     assert summary["method"] == "turboquant" and summary["calibration"] == "none (data-free)"
-    assert summary["layers"] == len(record["modules"]) and summary["bits_per_weight"] == pytest.approx(4.25)
+    assert summary["layers"] == len(modules) and summary["bits_per_weight"] == pytest.approx(4.25)
     assert summary["size_after"] < summary["size_before"] and summary["linear_compression_vs_bf16"] > 3.7
     assert "quantized data-free" in result.stderr and "quantized layers.0.attention.wq [64x64]" in result.stderr
     assert not list(out.parent.glob(".*partial*"))
@@ -100,7 +104,9 @@ def test_missing_or_mistyped_codes_fail_naming_the_key(quantized, tmp_path):
 
 @pytest.mark.parametrize("edit, message", [
     (lambda r: r.update(quant_method="gptq"), "unknown quant_method 'gptq'"),
-    (lambda r: r.pop("group_size"), "lacks group_size"),
+    (lambda r: r.pop("group_size"), "quantization.json lacks group_size"),
+    (lambda r: r.update(rotation_seed=-1), "has rotation_seed=-1, not a non-negative integer"),
+    (lambda r: r.update(modules_to_convert=["layers.0.attention_norm"]), "lists layers.0.attention_norm, which is not"),
 ])
 def test_bad_quantization_json_is_one_line(quantized, tmp_path, localai_home, edit, message):
     out, _ = quantized

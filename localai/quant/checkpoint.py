@@ -8,6 +8,7 @@ converted modules, so a loader can rebuild the layers without reading any weight
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -139,31 +140,36 @@ def read_quantization_config(folder: Path) -> dict | None:
     return qc
 
 
-def _fail_field(message: str):
-    raise LocalaiError(f"quantization_config in config.json {message}", REQUANTIZE_HINT)
+CONFIG_FIELD = "quantization_config in config.json"
 
 
-def check_fields(qc: dict) -> None:
-    """One-line errors for missing or invalid fields of a turboquant or int4_rtn quantization_config."""
+def _fail_field(message: str, where: str = CONFIG_FIELD):
+    raise LocalaiError(f"{where} {message}", REQUANTIZE_HINT)
+
+
+def check_fields(qc: dict, where: str = CONFIG_FIELD) -> None:
+    """One-line errors for missing or invalid fields of a turboquant or int4_rtn quantization
+    config; `where` names the record in the messages (Voxtral keeps it in its own file)."""
+    fail = functools.partial(_fail_field, where=where)
     method = qc.get("quant_method")
     missing = [f for f in OUR_METHODS[method] if f not in qc]
     if missing:
-        _fail_field(f"lacks {', '.join(missing)}")
+        fail(f"lacks {', '.join(missing)}")
     if qc["bits"] != 4:
-        _fail_field(f"has bits={qc['bits']!r}; {method} checkpoints are 4-bit")
+        fail(f"has bits={qc['bits']!r}; {method} checkpoints are 4-bit")
     for name in ("group_size", "rotation_seed", "max_block"):
         if name in qc and (not isinstance(qc[name], int) or isinstance(qc[name], bool) or qc[name] < 0):
-            _fail_field(f"has {name}={qc[name]!r}, not a non-negative integer")
+            fail(f"has {name}={qc[name]!r}, not a non-negative integer")
     if qc["group_size"] < 2 or qc["group_size"] % 2:
-        _fail_field(f"has group_size={qc['group_size']}, not an even size >= 2")
+        fail(f"has group_size={qc['group_size']}, not an even size >= 2")
     if method == QUANT_METHOD:
         if qc["rotation"] != "hadamard":
-            _fail_field(f"has rotation={qc['rotation']!r}; only 'hadamard' exists")
+            fail(f"has rotation={qc['rotation']!r}; only 'hadamard' exists")
         if qc["max_block"] < 2 or qc["max_block"] & (qc["max_block"] - 1):
-            _fail_field(f"has max_block={qc['max_block']}, not a power of two")
+            fail(f"has max_block={qc['max_block']}, not a power of two")
     modules = qc["modules_to_convert"]
     if not isinstance(modules, list) or not all(isinstance(m, str) for m in modules):
-        _fail_field("has modules_to_convert that is not a list of module names")
+        fail("has modules_to_convert that is not a list of module names")
 
 
 def expected_shapes(model, qc: dict) -> dict:

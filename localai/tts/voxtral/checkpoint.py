@@ -5,8 +5,10 @@
                                replaced by `X.codes` (uint8 [N, Kp // 2]) and `X.gains`
                                (float16 [N, Kp // G]); every other tensor is copied from the
                                source file as it is (the codec keeps its weight-norm parts)
-    quantization.json          method, bits, group size, seed, max Hadamard block, format
-                               version and the quantized modules under their checkpoint names
+    quantization.json          the `quantization_config` a TurboQuant transformers checkpoint
+                               carries (method, bits, group size, rotation and its seed, max
+                               Hadamard block, converted and kept linears), module names as
+                               in consolidated.safetensors
 
 loader.load_model reads it back with the listed linears as TurboLinear layers.
 """
@@ -19,23 +21,25 @@ from pathlib import Path
 
 from localai.errors import LocalaiError
 from localai.quant.turboquant import DEFAULT_GROUP_SIZE, DEFAULT_MAX_BLOCK, DEFAULT_SEED
-from localai.tts.voxtral.loader import (QUANT_FILE, QUANT_FORMAT_VERSION, QUANT_METHOD, TOKENIZER_FILE,
-                                        VOICE_FOLDER, WEIGHTS_FILE, checkpoint_key, is_quantized, load_model)
+from localai.tts.voxtral.loader import (QUANT_FILE, TOKENIZER_FILE, VOICE_FOLDER, WEIGHTS_FILE, checkpoint_key,
+                                        is_quantized, load_model)
 
 COPIED_FILES = ("params.json", TOKENIZER_FILE)
 
 
-def quantization_record(group_size: int, seed: int, modules: list[str]) -> dict:
-    """The content of quantization.json."""
-    return {"quant_method": QUANT_METHOD, "bits": 4, "group_size": group_size, "seed": seed,
-            "max_block": DEFAULT_MAX_BLOCK, "format_version": QUANT_FORMAT_VERSION, "modules": sorted(modules)}
+def _linears_by_kind(model) -> tuple[dict, list[str]]:
+    """({checkpoint module name: TurboLinear} of the quantized layers, names of the nn.Linear layers kept)."""
+    from torch import nn
 
-
-def _turbo_layers(model) -> dict:
-    """checkpoint module name -> the TurboLinear layer that replaced it."""
     from localai.quant.linear import TurboLinear
 
-    return {checkpoint_key(name): layer for name, layer in model.named_modules() if isinstance(layer, TurboLinear)}
+    packed, kept = {}, []
+    for name, layer in model.named_modules():
+        if isinstance(layer, TurboLinear):
+            packed[checkpoint_key(name)] = layer
+        elif isinstance(layer, nn.Linear):
+            kept.append(checkpoint_key(name))
+    return packed, kept
 
 
 def _tensors_to_store(source: Path, packed: dict) -> dict:
@@ -63,7 +67,8 @@ def save_quantized_voxtral(source: Path, out: Path, device: str = "cpu", group_s
     import torch
     from safetensors.torch import save_file
 
-    from localai.quant.checkpoint import output_staging, publish
+    from localai.quant.calibrate import QuantSpec
+    from localai.quant.checkpoint import output_staging, publish, quantization_config
     from localai.quant.turboquant import make_layout
     from localai.tts.voxtral.quantize import quantize_voxtral, quantized_linears
 
@@ -77,13 +82,14 @@ def save_quantized_voxtral(source: Path, out: Path, device: str = "cpu", group_s
             make_layout(getattr(parent, name).in_features, group_size, DEFAULT_MAX_BLOCK)
         report = (lambda name, shape: on_layer(checkpoint_key(name), shape)) if on_layer else None
         quantize_voxtral(model, device, group_size, seed, report)
-        packed = _turbo_layers(model)
+        packed, kept = _linears_by_kind(model)
         save_file(_tensors_to_store(source, packed), str(staging / WEIGHTS_FILE), metadata={"format": "pt"})
         for name in COPIED_FILES:
             shutil.copy2(source / name, staging / name)
         if (source / VOICE_FOLDER).is_dir():
             shutil.copytree(source / VOICE_FOLDER, staging / VOICE_FOLDER)
-        record = quantization_record(group_size, seed, list(packed))
+        spec = QuantSpec(group_size=group_size, seed=seed, max_block=DEFAULT_MAX_BLOCK)
+        record = quantization_config(spec, list(packed), kept)
         (staging / QUANT_FILE).write_text(json.dumps(record, indent=2) + "\n")
         publish(staging, out)
     except BaseException:

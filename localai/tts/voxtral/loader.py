@@ -24,9 +24,6 @@ TOKENIZER_FILE = "tekken.json"
 VOICE_FOLDER = "voice_embedding"
 QUANT_FILE = "quantization.json"
 PICKLED_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl")
-QUANT_METHOD = "turboquant"
-QUANT_FORMAT_VERSION = 1
-QUANT_FIELDS = ("quant_method", "bits", "group_size", "seed", "max_block", "format_version", "modules")
 DOWNLOAD_HINT = "the file does not match params.json; download the model again"
 REQUANTIZE_HINT = "quantize the model again with `localai quantize voxtral-tts -o FOLDER`"
 
@@ -94,7 +91,10 @@ def _bad_quantization(what: str) -> LocalaiError:
 
 
 def read_quantization(folder: Path) -> dict | None:
-    """The checkpoint's quantization.json checked field by field, or None for a 16-bit checkpoint."""
+    """The checkpoint's quantization.json (the fields of a TurboQuant `quantization_config`,
+    module names as in the checkpoint), checked field by field; None for a 16-bit checkpoint."""
+    from localai.quant.checkpoint import QUANT_METHOD, check_fields
+
     path = Path(folder) / QUANT_FILE
     if not path.is_file():
         return None
@@ -104,22 +104,9 @@ def read_quantization(folder: Path) -> dict | None:
         raise _bad_quantization(f"cannot be read ({str(exc).splitlines()[0]})") from None
     if not isinstance(record, dict):
         raise _bad_quantization("is not a JSON object")
-    missing = [name for name in QUANT_FIELDS if name not in record]
-    if missing:
-        raise _bad_quantization(f"lacks {', '.join(missing)}")
-    if record["quant_method"] != QUANT_METHOD:
-        raise _bad_quantization(f"has unknown quant_method {record['quant_method']!r}; only {QUANT_METHOD!r} loads")
-    if record["format_version"] != QUANT_FORMAT_VERSION or record["bits"] != 4:
-        raise _bad_quantization(f"has format_version={record['format_version']!r}, bits={record['bits']!r}; "
-                                f"expected {QUANT_FORMAT_VERSION} and 4")
-    for name in ("group_size", "seed", "max_block"):
-        value = record[name]
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise _bad_quantization(f"has {name}={value!r}, not a non-negative integer")
-    if record["max_block"] < 2 or record["max_block"] & (record["max_block"] - 1):
-        raise _bad_quantization(f"has max_block={record['max_block']}, not a power of two")
-    if not isinstance(record["modules"], list) or not all(isinstance(m, str) for m in record["modules"]):
-        raise _bad_quantization("has modules that is not a list of module names")
+    if record.get("quant_method") != QUANT_METHOD:
+        raise _bad_quantization(f"has unknown quant_method {record.get('quant_method')!r}; only {QUANT_METHOD!r} loads")
+    check_fields(record, QUANT_FILE)
     return record
 
 
@@ -134,14 +121,14 @@ def _use_turbo_linears(model, record: dict) -> dict:
 
     modules = dict(model.named_modules())
     stored_dtypes = {}
-    for name in record["modules"]:
+    for name in record["modules_to_convert"]:
         target = module_key(name)
         linear = modules.get(target) if target else None
         if not isinstance(linear, torch.nn.Linear):
             raise _bad_quantization(f"lists {name}, which is not a linear layer of this model")
         try:
             layer = TurboLinear(linear.in_features, linear.out_features, bias=linear.bias is not None,
-                                group_size=record["group_size"], seed=record["seed"],
+                                group_size=record["group_size"], seed=record["rotation_seed"],
                                 block=choose_block(linear.in_features, record["max_block"]), device="meta")
         except ValueError as exc:
             raise _bad_quantization(f"does not fit {name}: {exc}") from None
