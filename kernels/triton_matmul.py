@@ -62,11 +62,26 @@ def _tune_bench(kernel_call, quantiles):
     return do_bench(kernel_call, warmup=3, rep=10, quantiles=quantiles)
 
 
+# (BLOCK_N, BLOCK_G, num_warps) the GEMV autotunes over on a GPU. (4, 8) and (2, 8): longer K
+# steps keep more bytes in flight per warp, which a small matrix needs to approach the memory
+# bandwidth (all of its programs are resident at once)
+GEMV_TILES = ((4, 4, 1), (8, 2, 1), (16, 1, 1), (8, 4, 2), (4, 8, 1), (2, 8, 1))
+# (BLOCK_N, num_warps, num_stages) for the tiled kernel
+DOT_TILES = ((32, 4, 3), (64, 4, 3), (64, 8, 3))
+
+
+def gemv_config(block_n: int, block_g: int, warps: int) -> triton.Config:
+    return triton.Config({"BLOCK_N": block_n, "BLOCK_G": block_g}, num_warps=warps, num_stages=1)
+
+
+def dot_config(block_n: int, warps: int, stages: int) -> triton.Config:
+    return triton.Config({"BLOCK_N": block_n}, num_warps=warps, num_stages=stages)
+
+
 def _gemv_configs():
-    if INTERPRET:
-        return [triton.Config({"BLOCK_N": 16, "BLOCK_G": 2}, num_warps=1)]
-    return [triton.Config({"BLOCK_N": bn, "BLOCK_G": bg}, num_warps=w, num_stages=1)
-            for bn, bg, w in ((4, 4, 1), (8, 2, 1), (16, 1, 1), (8, 4, 2))]
+    if INTERPRET:  # the interpreter runs one (tests try each GPU tile on its own)
+        return [gemv_config(16, 2, 1)]
+    return [gemv_config(*tile) for tile in GEMV_TILES]
 
 
 @triton.autotune(configs=_gemv_configs(), key=["N", "K", "GROUP"], reset_to_zero=["out_ptr"],
@@ -116,9 +131,8 @@ def _gemv_kernel(xw_ptr, codes_ptr, gains_ptr, lut_ptr, out_ptr, N, K, KB, strid
 
 def _dot_configs():
     if INTERPRET:
-        return [triton.Config({"BLOCK_N": 32}, num_warps=4)]
-    return [triton.Config({"BLOCK_N": bn}, num_warps=w, num_stages=s)
-            for bn, w, s in ((32, 4, 3), (64, 4, 3), (64, 8, 3))]
+        return [dot_config(32, 4, 1)]
+    return [dot_config(*tile) for tile in DOT_TILES]
 
 
 @triton.autotune(configs=_dot_configs(), key=["N", "K", "GROUP", "BLOCK_M"], reset_to_zero=["out_ptr"],

@@ -46,7 +46,27 @@ def main() -> None:
         x = torch.randn(3, k)
         errors[f"rotate {k}"] = rel_err(triton_matmul.rotate(x, signs, packed.layout.block),
                                         rotate(x, signs, packed.layout.block))
+    errors.update(every_gpu_tile())
     json.dump(errors, sys.stdout)
+
+
+def every_gpu_tile() -> dict:
+    """Each tile the GPU may pick by autotuning, on its own (batch 1 for the GEMV, 17 for tl.dot)."""
+    packed = quantize_weight(torch.randn(37, 576), 64, seed=2)
+    errors = {}
+    for kernel, tiles, make, m in ((triton_matmul._gemv_kernel, triton_matmul.GEMV_TILES, triton_matmul.gemv_config, 1),
+                                   (triton_matmul._dot_kernel, triton_matmul.DOT_TILES, triton_matmul.dot_config, 17)):
+        saved = kernel.configs
+        x = torch.randn(m, packed.layout.k_padded)
+        ref = reference.turbo_matmul(x, packed.codes, packed.gains, 64)
+        try:
+            for tile in tiles:
+                kernel.configs = [make(*tile)]
+                got = triton_matmul.turbo_matmul(x, packed.codes, packed.gains, 64)
+                errors[f"tile {kernel.fn.__name__} {tile} float32"] = rel_err(got, ref)
+        finally:
+            kernel.configs = saved
+    return errors
 
 
 if __name__ == "__main__":
