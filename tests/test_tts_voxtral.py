@@ -168,6 +168,17 @@ def test_fixed_shape_frames_match_eager_frames(tiny_voxtral, monkeypatch):
     assert sizes[0] == sizes[1] < sizes[2] and all(size % 16 == 0 for size in sizes)
 
 
+def test_a_failed_graph_capture_falls_back_to_eager_frames(tiny_voxtral, synthesizer, capsys):
+    from localai.tts.voxtral.frame_steps import GraphFrames
+
+    fallback = VoxtralSynthesizer(synthesizer.model, synthesizer.tokenizer, tiny_voxtral, max_frames=12)
+    fallback.decode_mode, fallback.frame_steps = "graphs", GraphFrames(fallback.model)  # no CUDA: capture fails
+    fallback.prepare()
+    assert fallback.decode_mode == "eager" and "could not capture the Voxtral frame step" in capsys.readouterr().err
+    expected = torch.stack(list(synthesizer.frames("Hi there.", "casual_female")))
+    assert torch.equal(torch.stack(list(fallback.frames("Hi there.", "casual_female"))), expected)
+
+
 def test_unknown_or_unusable_decode_mode_is_an_error(tiny_voxtral, synthesizer):
     with pytest.raises(LocalaiError, match="unknown decode mode 'fast'"):
         VoxtralSynthesizer(synthesizer.model, None, tiny_voxtral, decode_mode="fast")

@@ -105,7 +105,9 @@ def load_voxtral(folder: Path, device: str, quantize: bool = False) -> VoxtralEn
 
         info(f"quantizing the Voxtral backbone and acoustic head to 4 bits on the {device}...")
         quantize_voxtral(model, device)
-    return VoxtralEngine(VoxtralSynthesizer(model, load_tokenizer(folder), folder), device, quantize or stored_4bit)
+    synthesizer = VoxtralSynthesizer(model, load_tokenizer(folder), folder)
+    synthesizer.prepare()
+    return VoxtralEngine(synthesizer, device, quantize or stored_4bit)
 
 
 def select_engine(choice: str = "auto", model: str = VOXTRAL_ALIAS, quantize: bool = False):

@@ -73,14 +73,15 @@ class GraphFrames(FixedShapeFrames):
 
     def step(self, hidden, noise, position: int):
         if self.graph is None:
-            self._capture()
+            self.capture()
         self.hidden.copy_(hidden)
         self.noise.copy_(noise)
         self.position.fill_(position)
         self.graph.replay()
         return self.codes.clone(), self.next_hidden
 
-    def _capture(self) -> None:
+    def capture(self) -> None:
+        """Record the step for the current cache (cache_for first)."""
         model = self.model
         self.hidden = torch.zeros(1, model.config.backbone.dim, device=model.device, dtype=model.dtype)
         self.noise = torch.zeros(1, model.config.n_acoustic_codebook, device=model.device)

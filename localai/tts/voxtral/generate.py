@@ -16,7 +16,7 @@ import torch
 
 from localai.errors import LocalaiError
 from localai.tts.voxtral.config import END_AUDIO
-from localai.tts.voxtral.frame_steps import FRAME_STEPS
+from localai.tts.voxtral.frame_steps import FRAME_STEPS, EagerFrames
 from localai.tts.voxtral.loader import list_voices, load_voice
 from localai.tts.voxtral.streaming import StreamingDecoder, decode_frames
 
@@ -42,6 +42,22 @@ class VoxtralSynthesizer:
             raise LocalaiError("CUDA graphs need the model on a CUDA device", "use decode mode eager")
         self.decode_mode = decode_mode
         self.frame_steps = FRAME_STEPS[decode_mode](model)
+
+    @torch.inference_mode()
+    def prepare(self) -> None:
+        """Capture the frame step's CUDA graph now rather than during the first sentence; if the
+        capture fails, speak with the eager step instead (and say so)."""
+        if self.decode_mode != "graphs":
+            return
+        try:
+            self.frame_steps.cache_for(1)
+            self.frame_steps.capture()
+        except Exception as exc:  # any capture failure: eager frames still speak
+            from localai.console import warn
+
+            warn(f"could not capture the Voxtral frame step in a CUDA graph ({str(exc).splitlines()[0]}); "
+                 "speaking with the eager step, which is slower")
+            self.decode_mode, self.frame_steps = "eager", EagerFrames(self.model)
 
     @property
     def sample_rate(self) -> int:
