@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import logging
 import os
 import sys
 from typing import Optional
@@ -129,6 +130,10 @@ def global_options(
         os.environ["HF_HUB_OFFLINE"] = "1"
     if device == "cpu":
         os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+    if settings.verbosity < 1:
+        # bitsandbytes warns at every import that its optional CPU kernel, fetched from the hub
+        # by the `kernels` package, is absent; its built-in kernel is used, nothing to fix
+        logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
 def _register() -> None:

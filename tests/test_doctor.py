@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pytest
@@ -78,3 +79,12 @@ def test_doctor_command(as_json, localai_home):
         lines = result.stdout.strip().splitlines()
         assert lines[0].split()[:2] == ["ok", "python"]
         assert all(line.split()[0] in ("ok", "missing", "info") for line in lines)
+
+
+def test_no_bitsandbytes_import_noise_on_stderr(localai_home):
+    """bitsandbytes logs a warning at import about an optional hub kernel; localai keeps it quiet
+    unless asked for detail (-v)."""
+    from cli_helpers import run_cli
+
+    result = run_cli("doctor", env=dict(os.environ, LOCALAI_HOME=str(localai_home)))
+    assert result.returncode == 0 and "gemm_4bit_forward" not in result.stderr
