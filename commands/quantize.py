@@ -33,7 +33,7 @@ def main(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:
     """Quantize a model to 4 bits: TurboQuant (calibrated or data-free), or the nf4 / int4 baselines."""
-    from localai.console import info, out, out_json
+    from localai.console import info, out, out_json, status_line, verbose
     from localai.device import resolve_device
     from localai.errors import UsageError
     from localai.quant.pipeline import (QuantizeOptions, check_options, check_voxtral_options, quantize,
@@ -48,16 +48,22 @@ def main(
     check_options(opts, output)
     source = resolve_model(model)
 
-    def on_layer(name: str, shape: tuple, error) -> None:
-        detail = "" if error is None else f"  relative error {error:.5f}"
-        info(f"quantized {name} [{shape[0]}x{shape[1]}]{detail}")
+    with status_line(f"quantizing {model}...") as show:
+        done = 0
 
-    if is_voxtral_folder(source):
-        check_voxtral_options(opts)
-        info("Voxtral TTS is quantized data-free (TurboQuant without calibration)")
-        summary = quantize_voxtral_tts(source, output, opts, resolve_device(), on_layer=on_layer)
-    else:
-        summary = quantize(source, output, opts, resolve_device(), progress=info, on_layer=on_layer)
+        def on_layer(name: str, shape: tuple, error) -> None:
+            nonlocal done
+            done += 1
+            detail = "" if error is None else f"  relative error {error:.5f}"
+            verbose(f"quantized {name} [{shape[0]}x{shape[1]}]{detail}")
+            show(f"quantized layer {done}: {name}")
+
+        if is_voxtral_folder(source):
+            check_voxtral_options(opts)
+            info("Voxtral TTS is quantized data-free (TurboQuant without calibration)")
+            summary = quantize_voxtral_tts(source, output, opts, resolve_device(), on_layer=on_layer)
+        else:
+            summary = quantize(source, output, opts, resolve_device(), progress=show, on_layer=on_layer)
     if as_json:
         out_json(summary.to_dict())
         return

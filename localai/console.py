@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import contextmanager
 from functools import lru_cache
 
 from localai.settings import settings
@@ -60,3 +61,15 @@ def progress(transient: bool = True):
         transient=transient,
         disable=settings.verbosity < 0,
     )
+
+
+@contextmanager
+def status_line(text: str):
+    """A transient spinner line on stderr for a long step; yields update(text). Shown only on a
+    terminal at the default verbosity (-v prints the detail as lines instead, scripts get nothing)."""
+    console = err_console()
+    if settings.verbosity != 0 or not console.is_terminal:
+        yield lambda _text: None
+        return
+    with console.status(text) as status:
+        yield lambda new_text: status.update(new_text)

@@ -183,3 +183,23 @@ def test_generate_unknown_model(localai_home):
     result = runner.invoke(app, ["generate", "no-such-model", "hi"])
     assert result.exit_code == 1 and result.stdout == ""
     assert result.stderr.splitlines()[-1].startswith("error: unknown model")
+
+
+@pytest.mark.parametrize("terminal, verbosity, shown", [(True, 0, True), (False, 0, False), (True, 1, False),
+                                                        (True, -1, False)])
+def test_status_line_only_on_a_terminal_at_normal_verbosity(monkeypatch, terminal, verbosity, shown):
+    """The spinner for long steps: a person at a terminal sees it; scripts, -v and -q do not."""
+    import io
+
+    from rich.console import Console
+
+    from localai import console
+
+    stream = io.StringIO()
+    monkeypatch.setattr(console, "err_console", lambda: Console(file=stream, force_terminal=terminal))
+    monkeypatch.setattr(settings, "verbosity", verbosity)
+    with console.status_line("loading...") as show:
+        show("quantized layer 3: model.layers.0.mlp.up_proj")
+    assert ("quantized layer 3" in stream.getvalue()) == shown
+    if shown:  # transient: the line is erased when the step ends
+        assert stream.getvalue().endswith("\x1b[2K")

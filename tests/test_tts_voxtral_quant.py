@@ -23,7 +23,7 @@ def quantized(tiny_voxtral, tmp_path_factory):
     out = tmp_path_factory.mktemp("voxtral-quant") / "tiny-voxtral-tq4"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    result = invoke_on_cpu("quantize", tiny_voxtral, "-o", out, "--json")
+    result = invoke_on_cpu("-v", "quantize", tiny_voxtral, "-o", out, "--json")
     torch.set_num_threads(threads)
     assert result.exit_code == 0, result.output
     return out, result
