@@ -11,7 +11,7 @@ import typer
 
 def main(
     models: List[str] = typer.Argument(..., help="Model folders, aliases or hub repo ids; several make a table."),
-    text: Optional[Path] = typer.Option(None, "--text", help="UTF-8 text (default: wiki.test.raw beside the project)."),
+    text: Optional[Path] = typer.Option(None, "--text", help="UTF-8 text to score, e.g. WikiText-2's wiki.test.raw (default: ../shared/data/wikitext-2-raw/wiki.test.raw beside a checkout, when present)."),
     windows: int = typer.Option(40, "--windows", help="Non-overlapping windows to score."),
     ctx: int = typer.Option(512, "--ctx", help="Tokens per window."),
     batch_size: int = typer.Option(4, "--batch-size", help="Windows per forward pass."),

@@ -40,7 +40,7 @@ def read_text(path: Path | None) -> str:
     path = path or default_text_path()
     if path is None:
         raise LocalaiError("no evaluation text: the default wiki.test.raw was not found beside the project",
-                           "pass one with --text FILE")
+                           "pass one with --text FILE (WikiText-2's wiki.test.raw is the usual choice)")
     try:
         # newline="" keeps CRLF as stored: tokenization depends on it
         with open(path, encoding="utf-8", newline="") as handle:
