@@ -11,7 +11,9 @@ import typer
 
 def main(
     models: List[str] = typer.Argument(..., help="Model folders, aliases or hub repo ids; several make a table."),
-    text: Optional[Path] = typer.Option(None, "--text", help="UTF-8 text to score, e.g. WikiText-2's wiki.test.raw (default: ../shared/data/wikitext-2-raw/wiki.test.raw beside a checkout, when present)."),
+    text: Optional[Path] = typer.Option(
+        None, "--text", help="UTF-8 text to score, e.g. WikiText-2's wiki.test.raw (default: "
+                             "../shared/data/wikitext-2-raw/wiki.test.raw beside a checkout, when present)."),
     windows: int = typer.Option(40, "--windows", help="Non-overlapping windows to score."),
     ctx: int = typer.Option(512, "--ctx", help="Tokens per window."),
     batch_size: int = typer.Option(4, "--batch-size", help="Windows per forward pass."),
@@ -58,7 +60,7 @@ def main(
 def _evaluate(source: Path, qc: dict | None, corpus: str, windows: int, ctx: int, batch_size: int,
               speed_tokens: int) -> dict:
     """One model's row: perplexity, then (speed_tokens > 0) greedy decoding speed."""
-    from localai.console import info
+    from localai.console import info, status_line
     from localai.evaluate import decode_speed, eval_windows, perplexity, weight_bytes
     from localai.loading import load_model, load_tokenizer
 
@@ -67,13 +69,15 @@ def _evaluate(source: Path, qc: dict | None, corpus: str, windows: int, ctx: int
     lm = load_model(source)
     method = (qc or {}).get("quant_method", "none")
     info(f"quantization: {method}; scoring {windows} windows of {ctx} tokens")
-    result = perplexity(lm, tokens, batch_size, on_window=lambda done, total: info(f"  {done}/{total} windows"))
+    with status_line("scoring...") as show:
+        result = perplexity(lm, tokens, batch_size,
+                            on_window=lambda done, total: show(f"scored {done}/{total} windows"))
     row = {"model": str(source), "quantization": method, "weight_bytes": weight_bytes(source),
            "perplexity": result.perplexity, "mean_nll": result.mean_nll, "windows": result.windows,
            "ctx": result.ctx, "tokens_scored": result.tokens_scored, "seconds": result.seconds}
     if speed_tokens:
-        info(f"  timing greedy decoding of {speed_tokens} tokens at batch 1")
-        timed = decode_speed(lm, tokenizer, speed_tokens)
+        with status_line(f"timing greedy decoding of {speed_tokens} tokens at batch 1"):
+            timed = decode_speed(lm, tokenizer, speed_tokens)
         row["decode_tokens_per_s"] = timed.tokens_per_second
         row["decode_tokens"] = timed.tokens
     return row
