@@ -53,6 +53,7 @@ def test_turboquant_checkpoint_runs_through_the_lean_engine(tiny_llama, tmp_path
     engine = Engine(*load(tmp_path / "tq"))
     layer = engine.runner.model.layers[0]
     assert engine.runner.kind == "lean" and type(layer.qkv.parts[0]).__name__ == "TurboLinear"
+    assert layer.qkv.turbo and layer.gate_up.turbo  # one rotation and one kernel call per group
     results = generate_batch(engine, fixed_length(engine, PROMPTS[:3], 12), batch_size=3)
     assert [r.token_ids for r in results] == reference_ids(tmp_path / "tq", PROMPTS[:3], 12)
 

@@ -201,3 +201,41 @@ def test_a_global_seed_gives_each_request_its_own_seed():
                         SamplingParams())
     assert [s.params.seed for s in seeded(specs, 7)] == [7, 100, 9]
     assert [s.params.seed for s in seeded(specs, None)] == [None, 100, None]
+
+
+def _turbo(out_features: int, seed: int, bias: bool = False):
+    from localai.quant.linear import TurboLinear
+    from localai.quant.turboquant import quantize_weight
+
+    packed = quantize_weight(torch.randn(out_features, 96), 32, seed=seed)
+    return TurboLinear.from_packed(packed.codes, packed.gains, 96, 32, seed,
+                                   bias=torch.randn(out_features) if bias else None)
+
+
+@pytest.mark.parametrize("biases", [(False, False, False), (True, False, True)])
+def test_turbolinears_with_one_rotation_stack_into_one_call(biases):
+    """q/k/v as TurboLinear with one seed: one rotation and one kernel call, the same outputs as
+    calling each layer, and the layers keep working on views of the stacked codes (no copy)."""
+    from localai.engine.model import Projection
+
+    torch.manual_seed(0)
+    layers = [_turbo(n, seed=5, bias=b) for n, b in zip((64, 32, 32), biases)]
+    x = torch.randn(3, 96)
+    expected = [layer(x) for layer in layers]
+    projection = Projection(layers)
+    assert projection.turbo and projection.fused
+    for got, want in zip(projection(x), expected):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    assert layers[1].codes.data_ptr() == projection.codes[64:].data_ptr()
+    torch.testing.assert_close(layers[2](x), expected[2], rtol=0, atol=1e-5)  # a module still runs alone
+
+
+def test_turbolinears_with_different_rotations_run_one_by_one():
+    from localai.engine.model import Projection
+
+    layers = [_turbo(64, seed=1), _turbo(32, seed=2)]
+    x = torch.randn(2, 96)
+    projection = Projection(layers)
+    assert not projection.fused and not projection.turbo
+    for got, layer in zip(projection(x), layers):
+        assert torch.equal(got, layer(x))

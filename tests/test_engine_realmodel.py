@@ -51,4 +51,4 @@ def test_turboquant_smollm2_runs_through_the_same_engine(smollm2, tmp_path_facto
     # the CPU TurboQuant kernel is slow on this model: a short check
     engine = check_same_as_transformers(out, PROMPTS[:2], batches=(2,), new_tokens=8)
     layer = engine.runner.model.layers[0]
-    assert not layer.qkv.fused and type(layer.qkv.parts[0]).__name__ == "TurboLinear"
+    assert layer.qkv.turbo and layer.gate_up.turbo and type(layer.qkv.parts[0]).__name__ == "TurboLinear"

@@ -19,6 +19,7 @@ from torch import nn
 
 from localai.engine.kv_cache import KVCache
 from localai.kernels import cpu as cpu_kernels
+from localai.kernels import ops
 
 SUPPORTED_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 EXACT_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
@@ -51,6 +52,16 @@ def fusable(linears: list[nn.Module]) -> bool:
     return all(type(m) is nn.Linear for m in linears)
 
 
+def turbo_fusable(linears: list[nn.Module]) -> bool:
+    """TurboLinear layers that rotate their input the same way (same size, block and seed) and
+    share a group size: their codes stack into one weight behind one rotation."""
+    from localai.quant.linear import TurboLinear
+
+    first = linears[0]
+    return all(type(m) is TurboLinear and (m.in_features, m.group_size, m.block, m.seed) ==
+               (first.in_features, first.group_size, first.block, first.seed) for m in linears)
+
+
 def pack_for_cpu(weight: torch.Tensor) -> torch.Tensor | None:
     """weight [out, in] in oneDNN's blocked layout for fp32 CPU matmuls, or None where oneDNN cannot take it."""
     if weight.device.type != "cpu" or weight.dtype != torch.float32 or not torch.backends.mkldnn.is_available():
@@ -67,37 +78,66 @@ def release(module: nn.Linear) -> None:
 
 
 class Projection:
-    """Linear layers sharing one input, fused into one matmul when all are plain nn.Linear.
+    """Linear layers sharing one input, fused into one matmul where their kind allows.
 
-    The fused weight [sum of outs, in] is one tensor and the original modules are re-pointed
-    at row slices of it. On the CPU, steps of one to three rows stream it with the native
-    kernel (kernels.cpu.dense_matmul, ~1.2x oneDNN and ~2x MKL's sgemv at batch 1 here); once
-    the engine plans batches of MIN_PACKED_ROWS or more, `pack_for_batches` moves it into
-    oneDNN's blocked layout, about twice as fast as a plain fp32 matmul at batch 16, and the
-    original modules hand their weights over (see release)."""
+    Plain nn.Linear layers: the fused weight [sum of outs, in] is one tensor and the original
+    modules are re-pointed at row slices of it. On the CPU, steps of one to three rows stream
+    it with the native kernel (kernels.cpu.dense_matmul, ~1.2x oneDNN and ~2x MKL's sgemv at
+    batch 1 here); once the engine plans batches of MIN_PACKED_ROWS or more, `pack_for_batches`
+    moves it into oneDNN's blocked layout, about twice as fast as a plain fp32 matmul at batch
+    16, and the original modules hand their weights over (see release).
+    TurboLinear layers with one rotation (turbo_fusable): their codes and gains are stacked
+    the same way, so the input is rotated once and multiplied in one kernel call.
+    Anything else (bitsandbytes, mixed kinds) is called module by module."""
 
     def __init__(self, linears: list[nn.Module]):
         self.sizes = [m.out_features for m in linears]
         self.parts = linears
-        self.fused = fusable(linears)
+        self.turbo = not fusable(linears) and turbo_fusable(linears)
+        self.fused = fusable(linears) or self.turbo
         self.weight = self.packed = self.bias = None
-        if self.fused:
+        if self.turbo:
+            self._stack_turbo(linears)
+        elif self.fused:
             self._fuse(linears)
 
     def _fuse(self, linears: list[nn.Linear]) -> None:
         with torch.no_grad():
             weight = linears[0].weight if len(linears) == 1 else torch.cat([m.weight for m in linears])  # [out, in]
-            if any(m.bias is not None for m in linears):
-                self.bias = torch.cat([m.bias if m.bias is not None else m.weight.new_zeros(m.out_features)
-                                       for m in linears])
         self.weight = weight
-        offset = 0
-        for module, size in zip(linears, self.sizes):
-            if len(linears) > 1:
-                module.weight = nn.Parameter(weight[offset:offset + size], requires_grad=False)
+        self._fuse_biases(linears)
+        if len(linears) > 1:
+            for module, rows in zip(linears, self._row_slices()):
+                module.weight = nn.Parameter(weight[rows], requires_grad=False)
+
+    def _stack_turbo(self, linears: list[nn.Module]) -> None:
+        first = linears[0]
+        self.signs, self.block, self.group_size = first.signs, first.block, first.group_size
+        if len(linears) == 1:
+            self.codes, self.gains = first.codes, first.gains
+        else:
+            self.codes = torch.cat([m.codes for m in linears])  # [sum of outs, Kp / 2]
+            self.gains = torch.cat([m.gains for m in linears])  # [sum of outs, Kp / G]
+            for module, rows in zip(linears, self._row_slices()):  # the modules share the stacked tensors
+                module.codes, module.gains = self.codes[rows], self.gains[rows]
+        self._fuse_biases(linears)
+
+    def _row_slices(self) -> list[slice]:
+        bounds = [0]
+        for size in self.sizes:
+            bounds.append(bounds[-1] + size)
+        return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
+
+    def _fuse_biases(self, linears: list[nn.Module]) -> None:
+        present = [m.bias for m in linears if m.bias is not None]
+        if not present:
+            return
+        with torch.no_grad():
+            self.bias = torch.cat([m.bias if m.bias is not None else present[0].new_zeros(m.out_features)
+                                   for m in linears])
+        for module, rows in zip(linears, self._row_slices()):
             if module.bias is not None:
-                module.bias = nn.Parameter(self.bias[offset:offset + size], requires_grad=False)
-            offset += size
+                module.bias = nn.Parameter(self.bias[rows], requires_grad=False)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         # x: [N, in] -> [N, out] (one layer) or one [N, out_i] per layer
@@ -109,7 +149,7 @@ class Projection:
 
     def pack_for_batches(self) -> None:
         """Move a CPU fp32 weight into oneDNN's layout (for good: the plain copy is dropped)."""
-        if not self.fused or self.packed is not None:
+        if not self.fused or self.turbo or self.packed is not None:
             return
         with torch.no_grad():
             self.packed = pack_for_cpu(self.weight)
@@ -120,6 +160,9 @@ class Projection:
 
     def joined(self, x: torch.Tensor) -> torch.Tensor:
         """Fused layers only: x: [N, in] -> [N, sum of outs], the outputs side by side."""
+        if self.turbo:
+            y = ops.turbo_linear(x, self.signs, self.block, self.codes, self.gains, self.group_size)
+            return y if self.bias is None else y + self.bias.to(y.dtype)
         rows = x.shape[0]
         if self.packed is not None:
             if rows < MIN_PACKED_ROWS:  # oneDNN's few-row kernel is slower than its 4-row one: pad
@@ -133,6 +176,8 @@ class Projection:
         return F.linear(x, self.weight, self.bias)
 
     def tensors(self) -> list[torch.Tensor]:
+        if self.turbo:
+            return [t for t in (self.codes, self.gains, self.signs, self.bias) if t is not None]
         return [t for t in (self.weight, self.bias) if t is not None]
 
     def packed_bytes(self) -> int:
