@@ -86,6 +86,14 @@ def test_params_missing_field_is_named(tiny_voxtral, tmp_path):
         load_config(folder)
 
 
+def test_semantic_codebook_sums_stay_float32_in_a_bf16_model(tiny_voxtral):
+    """The codebook entry is sum / usage: divided in float32, not after rounding both to bf16."""
+    model = load_model(tiny_voxtral, dtype=torch.bfloat16)
+    codebook = model.codec.quantizer.semantic_codebook
+    assert codebook.embedding_sum.dtype == codebook.cluster_usage.dtype == torch.float32
+    assert model.codec.output_proj.conv.weight.dtype == torch.bfloat16
+
+
 def test_config_derived_sizes_follow_the_reference(tiny_voxtral):
     config = load_config(tiny_voxtral)
     assert config.samples_per_frame == 1920

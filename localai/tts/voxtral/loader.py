@@ -23,6 +23,9 @@ WEIGHTS_FILE = "consolidated.safetensors"
 TOKENIZER_FILE = "tekken.json"
 VOICE_FOLDER = "voice_embedding"
 QUANT_FILE = "quantization.json"
+# the semantic codebook is stored as running sums; their quotient is taken in float32 (as the
+# reference divides in the stored precision), then cast like any activation
+FLOAT32_TENSORS = ("codec.quantizer.semantic_codebook.cluster_usage", "codec.quantizer.semantic_codebook.embedding_sum")
 PICKLED_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl")
 DOWNLOAD_HINT = "the file does not match params.json; download the model again"
 REQUANTIZE_HINT = "quantize the model again with `localai quantize voxtral-tts -o FOLDER`"
@@ -157,7 +160,8 @@ def load_model(folder: Path, device="cpu", dtype=None, embed_device="cpu"):
     """Build the model on the meta device and fill it from consolidated.safetensors (strict).
 
     In a quantized checkpoint the linears listed in quantization.json become TurboLinear
-    layers whose codes and gains keep their stored dtypes; every other tensor gets `dtype`.
+    layers whose codes and gains keep their stored dtypes; the semantic codebook's sums are
+    float32 (FLOAT32_TENSORS); every other tensor gets `dtype`.
     The text embedding table is read once per sentence, so it stays on `embed_device`
     (the CPU by default) and spares GPU memory.
     """
@@ -191,7 +195,7 @@ def load_model(folder: Path, device="cpu", dtype=None, embed_device="cpu"):
                                               f"{str(stored_dtypes[target]).removeprefix('torch.')}", path, hint)
                     state[target] = tensor.to(where)
                 else:
-                    state[target] = tensor.to(device=where, dtype=dtype)
+                    state[target] = tensor.to(device=where, dtype=torch.float32 if target in FLOAT32_TENSORS else dtype)
     except (OSError, RuntimeError, SafetensorError) as exc:
         raise LocalaiError(f"cannot read {path}: {str(exc).splitlines()[0]}", hint) from None
     model.load_state_dict(state, strict=True, assign=True)
