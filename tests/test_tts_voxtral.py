@@ -138,6 +138,12 @@ def test_pipeline_yields_24khz_audio_of_whole_frames(synthesizer):
     assert torch.isfinite(audio).all() and audio.abs().max() > 0
 
 
+def test_speech_cut_by_the_frame_limit_says_so(tiny_voxtral, synthesizer, capsys):
+    short = VoxtralSynthesizer(synthesizer.model, synthesizer.tokenizer, tiny_voxtral, max_frames=3)
+    assert len(list(short.frames("Hello from localai.", "casual_female"))) == 3  # random weights never end
+    assert "reached its limit of 3 frames (0.2 s) before the model ended it" in " ".join(capsys.readouterr().err.split())
+
+
 def test_generation_is_reproducible_for_a_seed(synthesizer):
     a = torch.stack(list(synthesizer.frames("Same text.", "casual_female", seed=3)))
     b = torch.stack(list(synthesizer.frames("Same text.", "casual_female", seed=3)))

@@ -100,6 +100,10 @@ class VoxtralSynthesizer:
             if int(codes[0, 0]) == END_AUDIO or (should_stop is not None and should_stop()):
                 return
             yield codes[0]
+        from localai.console import warn
+
+        warn(f"speech for {text[:40]!r}{'...' if len(text) > 40 else ''} reached its limit of {budget} frames "
+             f"({budget * 0.08:.1f} s) before the model ended it: the rest is cut")
 
     @torch.inference_mode()
     def stream(self, text: str, voice: str, seed: int = 0, should_stop=None) -> Iterator[torch.Tensor]:
