@@ -323,3 +323,32 @@ def test_a_step_that_cannot_be_replayed_falls_back_to_eager_decoding(tiny_llama)
     result = generate_batch(engine, fixed_length(engine, PROMPTS[:2], 6), batch_size=2)
     assert [r.token_ids for r in result] == [r.token_ids for r in expected]
     assert engine.runner.decode_mode == "eager" and any("decoding eagerly" in n for n in notices)
+
+
+def test_a_plan_that_cannot_hold_the_prompt_is_refused(llama_engine):
+    request = llama_engine.request("The capital of France is Paris, and the capital of Italy is", chat=False)
+    small = llama_engine.plan_for([llama_engine.request("Hi", chat=False)], max_ctx=4)
+    with pytest.raises(LocalaiError, match="does not fit the plan's 4-token context"):
+        generate_batch(llama_engine, [request], plan=small)
+    with pytest.raises(LocalaiError, match="cannot hold a"):
+        generate_batch(llama_engine, [request], max_ctx=5)
+
+
+def test_one_stream_at_a_time_on_an_engine(llama_engine):
+    params = SamplingParams(max_new_tokens=6, min_new_tokens=6)
+    first = llama_engine.stream([llama_engine.request("Hello", chat=False, params=params)])
+    next(first)
+    with pytest.raises(LocalaiError, match="already generating"):
+        next(llama_engine.stream([llama_engine.request("World", chat=False, params=params)]))
+    assert sum(1 for _ in first) >= 1
+    again = generate_batch(llama_engine, [llama_engine.request("World", chat=False, params=params)])  # free again
+    assert len(again[0].token_ids) == 6
+
+
+def test_a_second_engine_on_a_model_the_first_took_over_is_refused(tiny_llama):
+    """A batched plan on the CPU moves the weights into the engine (meta placeholders stay)."""
+    model, tokenizer = load(tiny_llama)
+    engine = Engine(model, tokenizer)
+    generate_batch(engine, fixed_length(engine, PROMPTS[:4], 2), batch_size=4)
+    with pytest.raises(LocalaiError, match="taken over by another engine"):
+        Engine(model, tokenizer)

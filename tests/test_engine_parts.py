@@ -97,6 +97,35 @@ def test_batch_is_capped_by_the_device_and_the_number_of_requests():
     assert plan_memory(LLAMA_8B, requests=5, **big).reason == "number of requests"
     assert plan_memory(LLAMA_8B, requests=5, **big).batch == 5
     assert plan_memory(LLAMA_8B, requests=1000, requested_batch=3, **big).batch == 3
+    assert plan_memory(LLAMA_8B, requests=1000, requested_batch=100, **big).reason == "asked for"  # beyond the cap
+
+
+def test_an_asked_for_batch_is_capped_by_the_requests_and_the_memory():
+    one_request = plan_memory(LLAMA_8B, device="cpu", available_bytes=64 * GIB, total_bytes=64 * GIB,
+                              model_bytes=GIB, wanted_ctx=512, min_ctx=10, requests=1, batch_cap=8,
+                              prefill_tokens=512, requested_batch=20000)
+    assert one_request.batch == 1 and one_request.reason == "number of requests"
+    # 7 GiB free on a 24 GiB card holds 8 sequences of 4096 tokens: asking for 32 gets 8
+    squeezed = plan_memory(LLAMA_8B, device="cuda", available_bytes=7 * GIB, total_bytes=24 * GIB,
+                           model_bytes=16 * GIB, wanted_ctx=4096, min_ctx=100, requests=100, batch_cap=64,
+                           prefill_tokens=4096, requested_batch=32)
+    assert squeezed.batch == 8 and squeezed.reason == "memory"
+    # one asked-for sequence that does not fit gets a shorter context, as without asking
+    tight = plan_memory(LLAMA_8B, device="cuda", available_bytes=3 * GIB, total_bytes=24 * GIB,
+                        model_bytes=16 * GIB, wanted_ctx=8192, min_ctx=100, requests=1, batch_cap=64,
+                        prefill_tokens=512, requested_batch=1)
+    assert tight.batch == 1 and tight.reason == "memory (context shortened)" and 100 < tight.max_ctx < 8192
+
+
+def test_a_context_too_short_for_the_prompt_is_refused():
+    with pytest.raises(LocalaiError, match="a context of 5 tokens cannot hold a 17-token prompt"):
+        plan_memory(LLAMA_8B, device="cpu", available_bytes=64 * GIB, total_bytes=64 * GIB, model_bytes=GIB,
+                    wanted_ctx=5, min_ctx=18, requests=1, batch_cap=8, prefill_tokens=512)
+
+
+def test_a_plain_string_is_one_stop_string():
+    assert SamplingParams(stop="END").stop == ("END",)
+    assert SamplingParams(stop=["a", "b"]).stop == ("a", "b") and SamplingParams(stop=None).stop == ()
 
 
 def test_context_shrinks_when_one_full_sequence_does_not_fit_and_fails_when_nothing_does():

@@ -62,6 +62,7 @@ class Engine:
         self.prefill_tokens = PREFILL_TOKENS[self.kind]
         self.notice = notice
         self.plan: MemoryPlan | None = None
+        self._streaming = False  # one stream at a time: they share the cache
 
     @classmethod
     def load(cls, model_ref: str, *, device: str | None = None, dtype=None, decode_mode: str | None = None,
@@ -110,11 +111,23 @@ class Engine:
             check_request(request)
         if not requests:
             return
-        self.prepare(plan or self.plan_for(requests, batch_size, max_ctx))
-        scheduler = Scheduler(self.runner, self.tokenizer, self.eos_ids, slots=self.runner.slots,
-                              prefill_tokens=self.prefill_tokens, continuous=continuous, device=self.device,
-                              notice=self.notice, peak_memory=lambda: peak_memory(self.device))
-        yield from scheduler.run(requests)
+        if self._streaming:
+            raise LocalaiError("this engine is already generating", "finish or close the first stream before starting "
+                               "another, or put all the requests into one stream")
+        plan = plan or self.plan_for(requests, batch_size, max_ctx)
+        longest = max(len(r.prompt_ids) for r in requests)
+        if longest >= plan.max_ctx:
+            raise LocalaiError(f"a {longest}-token prompt does not fit the plan's {plan.max_ctx}-token context",
+                               "plan for these requests, or shorten the prompt")
+        self._streaming = True
+        try:
+            self.prepare(plan)
+            scheduler = Scheduler(self.runner, self.tokenizer, self.eos_ids, slots=self.runner.slots,
+                                  prefill_tokens=self.prefill_tokens, continuous=continuous, device=self.device,
+                                  notice=self.notice, peak_memory=lambda: peak_memory(self.device))
+            yield from scheduler.run(requests)
+        finally:
+            self._streaming = False
 
 
 def check_request(request: Request) -> None:

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from localai.engine.kv_cache import KVCache
+from localai.errors import LocalaiError
 from localai.kernels import cpu as cpu_kernels
 from localai.kernels import ops
 
@@ -102,6 +103,9 @@ class Projection:
             self._fuse(linears)
 
     def _fuse(self, linears: list[nn.Linear]) -> None:
+        if any(m.weight.is_meta for m in linears):
+            raise LocalaiError("this model's weights were taken over by another engine",
+                               "load the model again for a second engine")
         with torch.no_grad():
             weight = linears[0].weight if len(linears) == 1 else torch.cat([m.weight for m in linears])  # [out, in]
         self.weight = weight

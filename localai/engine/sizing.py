@@ -114,19 +114,26 @@ def plan_memory(shape: ModelShape, *, device: str, available_bytes: int, total_b
     if min_ctx > shape.max_positions:
         raise LocalaiError(f"a prompt needs {min_ctx} positions but the model's context is {shape.max_positions}",
                            "shorten the prompt")
+    if ctx < min_ctx:
+        raise LocalaiError(f"a context of {ctx} tokens cannot hold a {min_ctx - 1}-token prompt and its answer",
+                           "allow a longer context or shorten the prompt")
     margin = max(min_margin_bytes, int(margin_fraction * total_bytes))
     workspace = shape.workspace_bytes(prefill_tokens)
     budget = available_bytes - margin - workspace
     per_sequence = ctx * shape.kv_bytes_per_token + shape.logits_bytes_per_sequence()
     fits = max(budget, 0) // per_sequence
-    if requested_batch:
-        batch, reason = requested_batch, "asked for"
-    elif fits >= 1:
-        batch = min(fits, batch_cap, max(requests, 1))
-        if batch == max(requests, 1):
+    # an asked-for batch replaces the device's cap, but not the number of requests or the memory
+    limit = min(requested_batch or batch_cap, max(requests, 1))
+    if fits >= 1:
+        batch = min(fits, limit)
+        if batch < limit:
+            reason = "memory"
+        elif requested_batch and batch == requested_batch:
+            reason = "asked for"
+        elif batch == max(requests, 1):
             reason = "number of requests"
         else:
-            reason = f"cap for {device}" if batch == batch_cap else "memory"
+            reason = f"cap for {device}"
     else:
         ctx = (max(budget, 0) - shape.logits_bytes_per_sequence()) // shape.kv_bytes_per_token
         if ctx < min_ctx:
