@@ -50,6 +50,11 @@ def main(
 
     info(f"loading {model}...")
     engine = Engine.load(model, dtype=dtype, notice=info)
+    if not getattr(engine.tokenizer, "chat_template", None):
+        from localai.errors import LocalaiError
+
+        raise LocalaiError(f"{model} has no chat template, so it cannot hold a conversation",
+                           "for plain text completion use `localai generate MODEL --raw PROMPT`")
     plan = engine.plan_for([Request([0])], batch_size=1, max_ctx=context)
     if plan.max_ctx <= max_new_tokens:
         raise UsageError(f"--max-new-tokens {max_new_tokens} leaves no room for the prompt in a "

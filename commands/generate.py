@@ -37,6 +37,8 @@ def main(
     from localai.engine.request import SamplingParams
     from localai.errors import UsageError
 
+    if jsonl and json_output:
+        raise UsageError("--json and --jsonl exclude each other", "pass one of them")
     batch = parse_batch_size(batch_size, UsageError)
     defaults = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                               min_p=min_p, repetition_penalty=repetition_penalty, stop=tuple(stop or ())).validate()

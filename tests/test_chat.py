@@ -80,6 +80,21 @@ def test_empty_pipe_is_a_usage_error(tiny_llama, localai_home):
     assert "nothing to answer on stdin" in result.stderr
 
 
+def test_a_model_without_a_chat_template_is_refused_with_a_hint(tiny_llama, tmp_path, localai_home):
+    import json
+    import shutil
+
+    plain = shutil.copytree(tiny_llama, tmp_path / "no-template")
+    config = json.loads((plain / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (plain / "tokenizer_config.json").write_text(json.dumps(config))
+    for template in plain.glob("chat_template.*"):
+        template.unlink()
+    result = chat(plain, input="Hi\n")
+    assert result.exit_code == 1 and result.stdout == ""
+    assert "has no chat template" in result.stderr and "localai generate MODEL --raw" in result.stderr
+
+
 def test_too_many_new_tokens_for_the_context_is_a_usage_error(tiny_llama, localai_home):
     result = chat(tiny_llama, "--context", 64, "--max-new-tokens", 100, input="Hi\n")
     assert result.exit_code == 2 and "lower --max-new-tokens" in result.stderr

@@ -129,6 +129,7 @@ def test_stats_go_to_stderr_and_verbose_shows_the_sizing_arithmetic(tiny_llama, 
     (["--batch-size", "lots"], 2, "--batch-size must be auto or a positive number"),
     (["--temperature", "-1"], 1, "temperature must be 0"),
     (["--top-p", "0"], 1, "top_p must be in"),
+    (["--json", "--jsonl"], 2, "--json and --jsonl exclude each other"),
 ])
 def test_bad_options_are_one_line_errors(tiny_llama, args, code, message):
     assert message in one_line_error(generate(tiny_llama, "hi", *args), code)

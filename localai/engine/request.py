@@ -29,6 +29,11 @@ class SamplingParams:
     def option_names(cls) -> set[str]:
         return {f.name for f in fields(cls)}
 
+    def __post_init__(self):
+        if isinstance(self.stop, str):  # one stop string, not one per character
+            self.stop = (self.stop,)
+        self.stop = tuple(self.stop or ())
+
     def validate(self) -> "SamplingParams":
         """Raise LocalaiError naming the first out-of-range setting; return self."""
         checks = [
