@@ -332,11 +332,14 @@ class LeanModel:
 
     def masks(self, positions: torch.Tensor, kv_len: int) -> dict:
         """Boolean masks [B, 1, T, kv_len] per window size in use: key <= query (and within the window)."""
-        distance = positions[:, :, None] - torch.arange(kv_len, device=positions.device)  # [B, T, kv_len]
-        causal = distance >= 0
+        # comparisons only: an int64 query-key distance would be 8x the bytes of the masks
+        # (1 GiB for a 4096-token chunk at a 32k context)
+        keys = torch.arange(kv_len, device=positions.device)
+        queries = positions[:, :, None]  # [B, T, 1]
+        causal = keys <= queries  # [B, T, kv_len]
         masks = {None: causal.unsqueeze(1)}
         for window in self.windows:
-            masks[window] = (causal & (distance < window)).unsqueeze(1)
+            masks[window] = (causal & (keys > queries - window)).unsqueeze(1)
         return masks
 
     def attention(self, index: int, layer: LeanLayer, h: torch.Tensor, step: Step) -> torch.Tensor:
