@@ -352,3 +352,15 @@ def test_a_second_engine_on_a_model_the_first_took_over_is_refused(tiny_llama):
     generate_batch(engine, fixed_length(engine, PROMPTS[:4], 2), batch_size=4)
     with pytest.raises(LocalaiError, match="taken over by another engine"):
         Engine(model, tokenizer)
+
+
+def test_sliding_window_attention_matches_transformers(tmp_path_factory):
+    """A Mistral-style model whose layers see only the last 4 positions: prompts and answers far
+    longer than the window, decoded in one batch with a finished answer's slot reused."""
+    from tiny_models import build_model
+
+    folder = build_model(tmp_path_factory.mktemp("models") / "tiny-mistral", family="mistral")
+    engine = Engine(*load(folder))
+    assert engine.runner.kind == "lean" and engine.runner.model.windows == {4}
+    results = generate_batch(engine, fixed_length(engine, PROMPTS, 16), batch_size=3)
+    assert [r.token_ids for r in results] == reference_ids(folder, PROMPTS, 16)

@@ -47,9 +47,10 @@ def build_tokenizer(vocab_size: int = 320):
 def build_model(folder: Path, family: str = "llama", hidden: int = 64, layers: int = 2,
                 heads: int = 4, kv_heads: int = 2, intermediate: int = 128, seed: int = 0,
                 dtype: str = "float32") -> Path:
-    """Write a tiny random `family` (llama | qwen3) model with a tokenizer into `folder`."""
+    """Write a tiny random `family` (llama | qwen3 | mistral, the last with a 4-token sliding
+    window) model with a tokenizer into `folder`."""
     import torch
-    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen3Config
+    from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen3Config
 
     tokenizer = build_tokenizer()
     common = dict(
@@ -62,6 +63,8 @@ def build_model(folder: Path, family: str = "llama", hidden: int = 64, layers: i
         config = LlamaConfig(**common, tie_word_embeddings=False)
     elif family == "qwen3":
         config = Qwen3Config(**common, head_dim=hidden // heads, tie_word_embeddings=True)
+    elif family == "mistral":
+        config = MistralConfig(**common, sliding_window=4, tie_word_embeddings=False)
     else:
         raise ValueError(f"unknown family {family}")
     torch.manual_seed(seed)
