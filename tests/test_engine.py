@@ -211,8 +211,9 @@ def test_static_batches_keep_finished_rows_and_continuous_batching_refills_them(
     assert run(continuous=True) == (lengths, [2, 2, 2, 1, 1])  # 3 takes the row 2 frees right away
 
 
-def test_out_of_memory_halves_the_batch_and_loses_or_repeats_nothing(tiny_llama):
-    engine = Engine(*load(tiny_llama))
+@pytest.mark.parametrize("lean", [True, False])
+def test_out_of_memory_halves_the_batch_and_loses_or_repeats_nothing(tiny_llama, lean):
+    engine = Engine(*load(tiny_llama), lean=lean)
     lengths = [5, 11, 3, 8, 14, 6, 9, 4]
     prompts = (PROMPTS * 2)[:len(lengths)]
 
@@ -232,6 +233,8 @@ def test_out_of_memory_halves_the_batch_and_loses_or_repeats_nothing(tiny_llama)
         tokens.setdefault(event.index, []).extend(event.token_ids)
     assert [tokens[i] for i in range(len(lengths))] == reference  # nothing lost, nothing repeated
     assert sorted(e.index for e in events if e.finished) == list(range(len(lengths)))
+    if not lean:  # the transformers runner's per-slot caches: set-aside and finished ones are dropped
+        assert limited.runner.caches and all(cache is None for cache in limited.runner.caches)
 
 
 def test_out_of_memory_with_one_sequence_is_a_one_line_error(tiny_llama):

@@ -79,6 +79,9 @@ class LeanRunner:
     def move(self, src: int, dst: int, length: int) -> None:
         self.model.cache.move(src, dst, length)
 
+    def free(self, slot: int) -> None:
+        """Nothing to do: the static cache keeps its slots; the next sequence overwrites them."""
+
 
 class PaddedStep:
     """A compiled fixed-shape step: the batch padded up to a bucket; padding rows write only the scratch position."""
@@ -150,3 +153,7 @@ class FallbackRunner:
 
     def move(self, src: int, dst: int, length: int) -> None:
         self.caches[dst], self.caches[src] = self.caches[src], None
+
+    def free(self, slot: int) -> None:
+        """Drop the slot's cache (its sequence finished or was set aside)."""
+        self.caches[slot] = None

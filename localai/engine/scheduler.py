@@ -160,6 +160,7 @@ class Scheduler:
             self.notice(f"out of memory with {len(active)} sequences in the batch: continuing with {keep}")
             self.slots = keep
             for seq in reversed(active[keep:]):
+                self.runner.free(seq.slot)
                 seq.slot, seq.cached = -1, False
                 if not seq.done:  # a finished row of a static batch has nothing left to do
                     waiting.appendleft(seq)
@@ -169,6 +170,7 @@ class Scheduler:
             self.prefill_tokens //= 2
             self.notice(f"out of memory with one sequence: prefilling {self.prefill_tokens} tokens at a time")
             for seq in reversed(active):
+                self.runner.free(seq.slot)
                 seq.slot, seq.cached = -1, False
                 if not seq.done:
                     waiting.appendleft(seq)
@@ -220,8 +222,10 @@ class Scheduler:
         """Free seq's slot; the last active sequence moves into it so slots stay 0..n-1."""
         last = active[-1]
         if last is not seq:
-            self.runner.move(last.slot, seq.slot, len(last.ids) - 1)
+            self.runner.move(last.slot, seq.slot, len(last.ids) - 1)  # the last slot is free after the move
             last.slot = seq.slot
             active[seq.slot] = last
+        else:
+            self.runner.free(seq.slot)
         active.pop()
         seq.slot = -1
