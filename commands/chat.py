@@ -33,7 +33,7 @@ def main(
     from localai.errors import UsageError
 
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
-                            seed=seed).validate()
+                            seed=seed).validate(UsageError)
     interactive = sys.stdin.isatty()
     piped = None if interactive else sys.stdin.read().strip()
     if piped == "":

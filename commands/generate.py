@@ -41,13 +41,17 @@ def main(
         raise UsageError("--json and --jsonl exclude each other", "pass one of them")
     batch = parse_batch_size(batch_size, UsageError)
     defaults = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
-                              min_p=min_p, repetition_penalty=repetition_penalty, stop=tuple(stop or ())).validate()
+                              min_p=min_p, repetition_penalty=repetition_penalty, stop=tuple(stop or ())).validate(UsageError)
     arguments = list(prompts or [])
     if not arguments and file is None and not sys.stdin.isatty():
         arguments = ["-"]
     specs = seeded(read_prompts(arguments, file, sys.stdin, defaults), seed)
     if not specs:
         raise UsageError("no prompts given", "pass prompts as arguments, with -f FILE, or on stdin")
+    if raw:  # without a chat template an empty prompt has no tokens at all
+        empty = next((i for i, spec in enumerate(specs) if spec.messages is None and not spec.prompt), None)
+        if empty is not None:
+            raise UsageError(f"prompt {empty + 1} is empty", "give every prompt some text")
 
     from localai.console import info, out, verbose
     from localai.engine.api import Engine

@@ -127,8 +127,8 @@ def test_stats_go_to_stderr_and_verbose_shows_the_sizing_arithmetic(tiny_llama, 
 
 @pytest.mark.parametrize("args, code, message", [
     (["--batch-size", "lots"], 2, "--batch-size must be auto or a positive number"),
-    (["--temperature", "-1"], 1, "temperature must be 0"),
-    (["--top-p", "0"], 1, "top_p must be in"),
+    (["--temperature", "-1"], 2, "temperature must be 0"),
+    (["--top-p", "0"], 2, "top_p must be in"),
     (["--json", "--jsonl"], 2, "--json and --jsonl exclude each other"),
 ])
 def test_bad_options_are_one_line_errors(tiny_llama, args, code, message):
@@ -137,6 +137,11 @@ def test_bad_options_are_one_line_errors(tiny_llama, args, code, message):
 
 def test_no_prompts_is_a_usage_error(tiny_llama):
     assert "no prompts" in one_line_error(generate(tiny_llama, input=""), 2)
+
+
+def test_an_empty_raw_prompt_is_a_usage_error_before_loading(tmp_path):
+    # the model folder does not exist: the prompt is refused before any loading
+    assert "prompt 2 is empty" in one_line_error(generate(tmp_path / "absent", "Hi", "", "--raw"), 2)
 
 
 def test_unknown_model_is_a_one_line_error(tmp_path, localai_home):

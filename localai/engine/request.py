@@ -34,8 +34,9 @@ class SamplingParams:
             self.stop = (self.stop,)
         self.stop = tuple(self.stop or ())
 
-    def validate(self) -> "SamplingParams":
-        """Raise LocalaiError naming the first out-of-range setting; return self."""
+    def validate(self, error: type[LocalaiError] = LocalaiError) -> "SamplingParams":
+        """Raise `error` naming the first out-of-range setting; return self. Commands pass
+        UsageError for values from their flags (exit 2); a request's own options are data (exit 1)."""
         checks = [
             (self.max_new_tokens >= 1, "max_new_tokens must be at least 1"),
             (self.temperature >= 0, "temperature must be 0 (greedy) or more"),
@@ -48,7 +49,7 @@ class SamplingParams:
         ]
         for ok, message in checks:
             if not ok:
-                raise LocalaiError(message, "fix the sampling option")
+                raise error(message, "fix the sampling option")
         return self
 
 
