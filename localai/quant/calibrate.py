@@ -151,9 +151,13 @@ def capture_first_layer_inputs(model, layers, calib_ids: torch.Tensor, device):
 
 
 def _input_groups(layer, linears: dict[str, torch.nn.Linear], sample) -> list[list[str]]:
-    """Linears of one layer in call order, grouped when consecutive ones read the same input tensor."""
-    calls: list[tuple[str, int]] = []
-    handles = [m.register_forward_pre_hook(lambda _m, args, n=n: calls.append((n, args[0].data_ptr())))
+    """Linears of one layer in call order, grouped when consecutive ones read the same input tensor.
+
+    The hooks keep every input alive until the grouping is done: a freed input's memory is
+    soon handed to the next tensor, and an address comparison would then join o_proj (the
+    attention output) with gate/up (the normed hidden state) now and then."""
+    calls: list[tuple[str, torch.Tensor]] = []
+    handles = [m.register_forward_pre_hook(lambda _m, args, n=n: calls.append((n, args[0])))
                for n, m in linears.items()]
     try:
         layer(sample[0], **sample[1])
@@ -161,15 +165,15 @@ def _input_groups(layer, linears: dict[str, torch.nn.Linear], sample) -> list[li
         for h in handles:
             h.remove()
     groups: list[list[str]] = []
-    last_ptr = None
-    for name, ptr in calls:
+    last = None
+    for name, x in calls:
         if name in {n for g in groups for n in g}:
             continue
-        if groups and ptr == last_ptr:
+        if groups and x is last:
             groups[-1].append(name)
         else:
             groups.append([name])
-        last_ptr = ptr
+        last = x
     return groups
 
 
