@@ -116,7 +116,7 @@ def _nothing_written(parent):
 
 def test_unknown_method(tiny_llama, tmp_path):
     target = tmp_path / "out" / "q"
-    line = _one_line_error(invoke_on_cpu("quantize", tiny_llama, "-o", target, "--method", "gptq8"))
+    line = _one_line_error(invoke_on_cpu("quantize", tiny_llama, "-o", target, "--method", "gptq8"), code=2)
     assert "unknown method 'gptq8'" in line and "turboquant, nf4, int4" in line
     assert not (tmp_path / "out").exists()
 
@@ -131,8 +131,17 @@ def test_conflicting_and_inapplicable_flags(tiny_llama, tmp_path, text_file):
     both = invoke_on_cpu("quantize", tiny_llama, "-o", tmp_path / "q", "--calib", text_file, "--no-calib")
     assert "exclude each other" in _one_line_error(both, code=2)
     nf4 = invoke_on_cpu("quantize", tiny_llama, "-o", tmp_path / "q", "--method", "nf4", "--group-size", 32)
-    assert "blocks of 64" in _one_line_error(nf4)
+    assert "blocks of 64" in _one_line_error(nf4, code=2)
     assert not (tmp_path / "q").exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--method", "int4", "--group-size", "8"], "int4 kernel takes groups of 32, 64, 128, 256, not 8"),
+    (["--calib-tokens", "100"], "--calib-tokens 100 is less than one calibration sequence (512 tokens)"),
+])
+def test_options_that_cannot_work_are_usage_errors_before_loading(tmp_path, flags, message):
+    result = invoke_on_cpu("quantize", tmp_path / "absent-model", "-o", tmp_path / "q", *flags)
+    assert message in _one_line_error(result, code=2)
 
 
 def test_existing_output_is_refused(data_free, tiny_llama):

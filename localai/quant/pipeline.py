@@ -16,6 +16,7 @@ from localai.errors import LocalaiError, UsageError
 
 METHODS = ("turboquant", "nf4", "int4")
 NF4_BLOCK = 64
+INT4_GROUP_SIZES = (32, 64, 128, 256)  # what torch's int4 matmul kernels accept
 
 
 @dataclass
@@ -53,15 +54,24 @@ class QuantizeSummary:
 def check_options(opts: QuantizeOptions, out: Path) -> None:
     """Errors that need no model: unknown method, bad sizes, flags that do not apply, an existing -o."""
     if opts.method not in METHODS:
-        raise LocalaiError(f"unknown method {opts.method!r}", f"use one of: {', '.join(METHODS)}")
+        raise UsageError(f"unknown method {opts.method!r}", f"use one of: {', '.join(METHODS)}")
     if opts.group_size < 2 or opts.group_size % 2:
-        raise LocalaiError(f"group size {opts.group_size} must be even and at least 2", "use e.g. --group-size 64")
+        raise UsageError(f"group size {opts.group_size} must be even and at least 2", "use e.g. --group-size 64")
     if opts.method == "nf4" and opts.group_size != NF4_BLOCK:
-        raise LocalaiError("bitsandbytes NF4 uses blocks of 64", "leave --group-size at 64 with --method nf4")
+        raise UsageError("bitsandbytes NF4 uses blocks of 64", "leave --group-size at 64 with --method nf4")
+    if opts.method == "int4" and opts.group_size not in INT4_GROUP_SIZES:
+        raise UsageError(f"torch's int4 kernel takes groups of {', '.join(map(str, INT4_GROUP_SIZES))}, "
+                         f"not {opts.group_size}", "use --group-size 64 with --method int4")
     if opts.method == "nf4" and opts.quantize_head:
-        raise LocalaiError("--quantize-head is not available with --method nf4", "use turboquant or int4")
+        raise UsageError("--quantize-head is not available with --method nf4", "use turboquant or int4")
     if opts.method != "turboquant" and opts.calib_file is not None:
-        raise LocalaiError(f"--calib applies to turboquant only, not {opts.method}", "drop --calib")
+        raise UsageError(f"--calib applies to turboquant only, not {opts.method}", "drop --calib")
+    if opts.method == "turboquant" and opts.use_calib:
+        from localai.quant.calib_data import SEQ_LEN
+
+        if opts.calib_tokens < SEQ_LEN:
+            raise UsageError(f"--calib-tokens {opts.calib_tokens} is less than one calibration sequence "
+                             f"({SEQ_LEN} tokens)", f"use --calib-tokens {SEQ_LEN} or more")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise LocalaiError(f"{out} already exists", "choose another -o folder or remove it first")
 
