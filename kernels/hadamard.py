@@ -18,12 +18,14 @@ def check_block(block: int) -> None:
 def fwht(x: torch.Tensor, block: int) -> torch.Tensor:
     """Orthonormal Walsh-Hadamard transform of each length-`block` chunk of the last dim.
 
-    x: [..., K] with K a multiple of `block`; returns the same shape and dtype.
+    x: [..., K] with K a multiple of `block`; returns the same shape and dtype. The butterflies
+    run in float32 (the native and Triton rotations do too): in 16-bit, the sums grow up to
+    `block` times before the final scale, past float16's range for large inputs.
     """
     check_block(block)
     shape = x.shape
     k = shape[-1]
-    y = x.reshape(-1, k // block, block)
+    y = x.float().reshape(-1, k // block, block)
     h = 1
     while h < block:
         # pair element i with i + h inside every run of 2h

@@ -177,3 +177,9 @@ def test_eval_bad_input(tiny_llama, tmp_path, text_file):
     assert "text file not found" in line
     line = _one_line_error(invoke_on_cpu("eval", tiny_llama, "--text", text_file, "--windows", 500, "--ctx", 64))
     assert "500 asked for" in line
+
+
+def test_an_already_quantized_model_is_refused(data_free, tmp_path):
+    out, _ = data_free
+    result = invoke_on_cpu("quantize", out, "-o", tmp_path / "again", "--no-calib")
+    assert "is already quantized (turboquant)" in _one_line_error(result) and not (tmp_path / "again").exists()

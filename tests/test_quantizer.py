@@ -69,6 +69,28 @@ def _correlated_inputs(tokens, k, seed=0):
     return torch.randn(tokens, k, generator=g) @ mix * torch.linspace(0.2, 3.0, k)
 
 
+def test_float16_rotation_does_not_overflow_on_large_inputs():
+    from localai.quant.hadamard import random_signs, rotate
+
+    signs = random_signs(128, 0)
+    x = (600 * signs)[None].half()  # every element adds up in the first output: 600 * 128 before the scale
+    y = rotate(x, signs, 128)
+    assert y.dtype == torch.float16 and torch.isfinite(y).all()
+    assert float(y[0, 0]) == pytest.approx(600 * 128 ** 0.5, rel=1e-3)
+
+
+@pytest.mark.parametrize("bad, message", [(float("nan"), "holds NaN or infinite weights"),
+                                          (1e6, "too large for a float16 gain")])
+def test_weights_that_cannot_be_stored_name_their_layer(tiny_llama, bad, message):
+    from localai.errors import LocalaiError
+
+    model, _ = _load(tiny_llama)
+    with torch.no_grad():
+        model.model.layers[1].mlp.up_proj.weight[3, :] = bad
+    with pytest.raises(LocalaiError, match=rf"^model\.layers\.1\.mlp\.up_proj .*{message}"):
+        calibrate.quantize_data_free(model, calibrate.QuantSpec())
+
+
 def test_rotate_hessian_equals_hessian_of_rotated_inputs():
     x = _correlated_inputs(256, 100)
     layout = tq.make_layout(100)

@@ -75,13 +75,26 @@ def target_linears(model, quantize_head: bool) -> dict[str, torch.nn.Linear]:
     return found
 
 
+def _finite_weight(name: str, w: torch.Tensor) -> torch.Tensor:
+    if not torch.isfinite(w).all():
+        raise LocalaiError(f"{name} holds NaN or infinite weights", "the source checkpoint is damaged: download it again")
+    return w
+
+
+def _storable(name: str, packed: PackedWeight) -> PackedWeight:
+    if not torch.isfinite(packed.gains).all():
+        raise LocalaiError(f"{name} has a group of weights too large for a float16 gain (above 65504)",
+                           "this model's weights cannot be stored in the TurboQuant format")
+    return packed
+
+
 def _quantize_data_free(name: str, linear: torch.nn.Linear, spec: QuantSpec, device) -> tuple[PackedWeight, LayerReport]:
     start = time.perf_counter()
-    w = linear.weight.detach().to(device, torch.float32)  # [N, K]
+    w = _finite_weight(name, linear.weight.detach().to(device, torch.float32))  # [N, K]
     layout = make_layout(w.shape[1], spec.group_size, spec.max_block)
     w_rot = rotate_weight(w, layout, spec.seed)
     codes, gains = quantize_rotated(w_rot, spec.group_size)
-    packed = pack(codes, gains, layout)
+    packed = _storable(name, pack(codes, gains, layout))
     w_hat = dequantize_weight(packed, spec.seed)
     rel = float((w - w_hat).pow(2).sum() / w.pow(2).sum().clamp_min(1e-30))
     packed = PackedWeight(packed.codes.cpu(), packed.gains.cpu(), layout)
@@ -105,7 +118,7 @@ def _quantize_calibrated(name: str, linear: torch.nn.Linear, hessian: torch.Tens
     """GPTQ in the rotated basis, then passes of code refinement, for one linear;
     writes the dequantized weight back into it."""
     start = time.perf_counter()
-    w = linear.weight.detach().float()  # [N, K]
+    w = _finite_weight(name, linear.weight.detach().float())  # [N, K]
     layout = make_layout(w.shape[1], spec.group_size, spec.max_block)
     signs = random_signs(layout.k_padded, spec.seed, device=w.device)
     h_rot = gptq.rotate_hessian(hessian, signs, layout.block)  # [Kp, Kp]
@@ -115,7 +128,7 @@ def _quantize_calibrated(name: str, linear: torch.nn.Linear, hessian: torch.Tens
     for _ in range(spec.refine_passes):
         codes = gptq.refine_codes(w_rot, h_rot, codes, gains, spec.group_size, spec.damp)
         gains = gptq.refit_gains(w_rot, h_rot, codes, spec.group_size, spec.damp)
-    packed = pack(codes, gains, layout)
+    packed = _storable(name, pack(codes, gains, layout))
     w_hat = dequantize_weight(packed, spec.seed)
     energy = gptq.output_error(w, torch.zeros_like(w), hessian)
     rel = gptq.output_error(w, w_hat, hessian) / max(energy, 1e-30)

@@ -76,6 +76,18 @@ def check_options(opts: QuantizeOptions, out: Path) -> None:
         raise LocalaiError(f"{out} already exists", "choose another -o folder or remove it first")
 
 
+def check_not_quantized(source: Path) -> None:
+    """Quantizing quantized weights again would treat packed bytes as numbers: refuse."""
+    from localai.quant.checkpoint import read_quantization_config
+
+    if not (Path(source) / "config.json").is_file():
+        return  # not a transformers folder: the loader says so
+    qc = read_quantization_config(source)
+    if qc:
+        method = qc.get("quant_method", "unknown") if isinstance(qc, dict) else "unknown"
+        raise LocalaiError(f"{source} is already quantized ({method})", "quantize the original full-precision model")
+
+
 def _safetensors_bytes(folder: Path) -> int:
     return sum(f.stat().st_size for f in Path(folder).glob("*.safetensors"))
 
@@ -131,6 +143,7 @@ def quantize(source: Path, out: Path, opts: QuantizeOptions, device: str = "cpu"
     progress = progress or (lambda text: None)
     out = Path(out)
     check_options(opts, out)
+    check_not_quantized(source)
     start = time.perf_counter()
     tokenizer = load_tokenizer(source)
     calibration, tokens = "none", 0
