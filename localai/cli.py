@@ -17,7 +17,7 @@ import typer
 
 from localai import __version__
 from localai.errors import LocalaiError, UsageError
-from localai.settings import settings
+from localai.settings import env_flag, settings
 
 # name -> module under localai.commands; each module defines `main`, whose
 # docstring's first line is the one-line description in `localai --help`.
@@ -65,6 +65,12 @@ def _describe_unexpected(exc: BaseException) -> Optional[str]:
     return None
 
 
+def _interrupted():
+    sys.stdout.flush()
+    sys.stderr.write("\ninterrupted\n")
+    raise typer.Exit(130)
+
+
 def guarded(fn):
     """Turn exceptions into the CLI's contract: one line on stderr, exit 1 (2 for usage), 130 on Ctrl-C."""
 
@@ -72,12 +78,14 @@ def guarded(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (typer.Exit, typer.Abort):
+        except typer.Abort as exc:
+            if isinstance(exc.__context__, KeyboardInterrupt):  # Ctrl-C at a prompt (click turns it into Abort)
+                _interrupted()
+            raise
+        except typer.Exit:
             raise
         except KeyboardInterrupt:
-            sys.stdout.flush()
-            sys.stderr.write("\ninterrupted\n")
-            raise typer.Exit(130)
+            _interrupted()
         except BrokenPipeError:
             # the reader went away (e.g. `| head`): stop quietly
             devnull = os.open(os.devnull, os.O_WRONLY)
@@ -113,7 +121,7 @@ def global_options(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More detail on stderr (repeatable)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors on stderr."),
-    debug: bool = typer.Option(False, "--debug", envvar="LOCALAI_DEBUG", help="Show tracebacks on errors."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors (or LOCALAI_DEBUG=1)."),
     offline: bool = typer.Option(False, "--offline", help="Never contact the Hugging Face hub (sets HF_HUB_OFFLINE=1)."),
     device: str = typer.Option("auto", "--device", help="auto, cuda or cpu.", case_sensitive=False),
 ) -> None:
@@ -122,7 +130,7 @@ def global_options(
     if device not in ("auto", "cuda", "cpu"):
         raise typer.BadParameter(f"{device!r} is not one of auto, cuda, cpu", param_hint="--device")
     settings.verbosity = -1 if quiet else verbose
-    settings.debug = debug or settings.debug
+    settings.debug = debug or env_flag("LOCALAI_DEBUG")
     settings.offline = offline
     settings.device = device
     if offline:

@@ -15,7 +15,7 @@ def err_console():
     """The rich console for progress, logs and tables meant for a person (stderr)."""
     from rich.console import Console
 
-    return Console(stderr=True, highlight=False)
+    return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def info(message: str) -> None:

@@ -15,7 +15,12 @@ class Settings:
     device: str = "auto"  # auto | cuda | cpu
 
 
-settings = Settings(debug=os.environ.get("LOCALAI_DEBUG", "") not in ("", "0"))
+def env_flag(name: str) -> bool:
+    """True for 1/on/yes/true in any case, as huggingface-hub reads its own switches."""
+    return os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
+settings = Settings(debug=env_flag("LOCALAI_DEBUG"))
 
 
 def localai_home() -> Path:
@@ -24,4 +29,4 @@ def localai_home() -> Path:
 
 
 def hub_offline() -> bool:
-    return settings.offline or os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false", "False")
+    return settings.offline or env_flag("HF_HUB_OFFLINE")

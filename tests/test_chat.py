@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import pty
-import select
-import sys
-import time
 
 import pytest
+from cli_helpers import Terminal
 from typer.testing import CliRunner
 
 from localai.cli import app
@@ -191,68 +188,6 @@ def test_a_file_that_is_not_a_conversation_is_refused(tmp_path):
 
 
 # --- through a pseudo-terminal -----------------------------------------------------------------
-
-
-class Terminal:
-    def __init__(self, args, env):
-        self.pid, self.fd = pty.fork()
-        if self.pid == 0:  # the child: become `localai`
-            os.execve(sys.executable, [sys.executable, "-m", "localai", *args], env)
-        self.seen, self.cursor = b"", 0
-
-    def read_until(self, marker: bytes, timeout: float = 120) -> bytes:
-        """Output from after the previous match up to and including `marker`."""
-        deadline = time.time() + timeout
-        while marker not in self.seen[self.cursor:] and time.time() < deadline:
-            ready, _, _ = select.select([self.fd], [], [], 0.2)
-            if ready:
-                try:
-                    chunk = os.read(self.fd, 4096)
-                except OSError:
-                    break
-                if not chunk:
-                    break
-                self.seen += chunk
-        found = self.seen.find(marker, self.cursor)
-        assert found >= 0, self.seen[self.cursor:].decode(errors="replace")
-        piece, self.cursor = self.seen[self.cursor:found + len(marker)], found + len(marker)
-        return piece
-
-    def read_some(self, timeout: float = 60) -> bytes:
-        """Wait for any new output."""
-        deadline = time.time() + timeout
-        while len(self.seen) == self.cursor and time.time() < deadline:
-            ready, _, _ = select.select([self.fd], [], [], 0.2)
-            if ready:
-                self.seen += os.read(self.fd, 4096)
-        assert len(self.seen) > self.cursor, "no output"
-        piece, self.cursor = self.seen[self.cursor:], len(self.seen)
-        return piece
-
-    def send(self, data: bytes) -> None:
-        os.write(self.fd, data)
-
-    def press_ctrl_c(self) -> None:
-        # CPython's readline checks for signals only when its wait for input is interrupted, so a
-        # Ctrl-C that lands in the microseconds between drawing the prompt and starting that wait
-        # is seen at the next key press. People cannot hit that window; a test reacting to the
-        # prompt can, so it pauses first like a person would.
-        time.sleep(0.5)
-        self.send(b"\x03")
-
-    def wait(self, timeout: float = 60) -> int:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
-                return os.waitstatus_to_exitcode(status)
-            try:
-                os.read(self.fd, 4096)
-            except OSError:
-                pass
-            time.sleep(0.1)
-        os.kill(self.pid, 9)
-        raise AssertionError("chat did not exit")
 
 
 def test_chat_in_a_terminal_streams_keeps_going_after_ctrl_c_and_exits(tiny_llama, tmp_path):

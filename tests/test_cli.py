@@ -203,3 +203,22 @@ def test_status_line_only_on_a_terminal_at_normal_verbosity(monkeypatch, termina
     assert ("quantized layer 3" in stream.getvalue()) == shown
     if shown:  # transient: the line is erased when the step ends
         assert stream.getvalue().endswith("\x1b[2K")
+
+
+@pytest.mark.parametrize("value, on", [("1", True), ("true", True), ("YES", True), ("on", True),
+                                       ("0", False), ("off", False), ("false", False), ("", False)])
+def test_switches_from_the_environment_read_as_huggingface_hub_reads_them(monkeypatch, value, on):
+    from localai.settings import env_flag, hub_offline
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", value)
+    monkeypatch.setattr(settings, "offline", False)
+    assert env_flag("HF_HUB_OFFLINE") is on and hub_offline() is on
+
+
+def test_localai_debug_false_shows_no_traceback(localai_home, monkeypatch):
+    monkeypatch.setenv("LOCALAI_DEBUG", "false")
+    result = runner.invoke(app, ["where", "qwen3-8b"])
+    assert result.exit_code == 1 and "Traceback" not in result.stderr
+    monkeypatch.setenv("LOCALAI_DEBUG", "1")
+    result = runner.invoke(app, ["generate", "/no/such/model", "hi"])
+    assert result.exit_code == 1 and "Traceback" in result.stderr

@@ -219,6 +219,49 @@ def test_where_and_rm_of_absent_models(localai_home, tmp_path):
         one_error_line(result.stderr)
 
 
+def test_a_name_that_is_not_a_store_name_finds_nothing(imported_model):
+    """Store names are exact: 'tiny-import?' or 'Tiny Import' must not find (or remove) tiny-import."""
+    for name in ("tiny-import?", "tiny import", "tiny-import*"):
+        assert runner.invoke(app, ["where", name]).exit_code == 1, name
+        assert runner.invoke(app, ["rm", name, "--yes"]).exit_code == 1, name
+    assert imported_model.is_dir()
+    assert runner.invoke(app, ["where", "TINY-IMPORT"]).stdout == f"{imported_model}\n"  # names ignore case
+
+
+def test_list_survives_metadata_and_configs_that_are_not_objects(imported_model):
+    broken = imported_model.parent / "broken"
+    broken.mkdir()
+    (broken / "localai.json").write_text("null")
+    (broken / "config.json").write_text("[1]")
+    listed = runner.invoke(app, ["list", "--json"])
+    assert listed.exit_code == 0, listed.stderr
+    entries = {e["name"]: e for e in json.loads(listed.stdout)}
+    assert entries["broken"]["quantization"] == "unknown" and "tiny-import" in entries
+
+
+def test_rm_of_a_linked_model_folder_removes_the_link_only(localai_home, tiny_llama, tmp_path):
+    from localai.store.home import models_dir, write_metadata
+
+    elsewhere = shutil.copytree(tiny_llama, tmp_path / "elsewhere")
+    write_metadata(elsewhere, name="linked", source="local")
+    models_dir().mkdir(parents=True, exist_ok=True)
+    (models_dir() / "linked").symlink_to(elsewhere)
+    removed = runner.invoke(app, ["rm", "linked", "--yes"])
+    assert removed.exit_code == 0, removed.stderr
+    assert not (models_dir() / "linked").exists() and (elsewhere / "config.json").is_file()
+    assert list(models_dir().iterdir()) == []
+
+
+def test_ctrl_c_at_the_rm_prompt_exits_130_and_keeps_the_model(imported_model, localai_home):
+    from cli_helpers import Terminal
+
+    terminal = Terminal(["rm", "tiny-import"], dict(os.environ, LOCALAI_HOME=str(localai_home)))
+    terminal.read_until(b"[y/N]:")
+    terminal.press_ctrl_c()
+    assert terminal.wait() == 130
+    assert imported_model.is_dir()
+
+
 def test_list_is_empty_on_a_fresh_home(localai_home):
     assert json.loads(runner.invoke(app, ["list", "--json"]).stdout) == []
     empty = runner.invoke(app, ["list"])

@@ -39,9 +39,10 @@ def model_dir(name: str) -> Path:
 def read_metadata(folder: Path) -> dict:
     """The store's metadata for a model folder; {} when absent or unreadable."""
     try:
-        return json.loads((Path(folder) / METADATA_FILE).read_text())
+        data = json.loads((Path(folder) / METADATA_FILE).read_text())
     except (OSError, ValueError):
         return {}
+    return data if isinstance(data, dict) else {}
 
 
 def write_metadata(folder: Path, **fields) -> dict:
@@ -145,6 +146,9 @@ def _share_like_umask(folder: Path) -> None:
 def remove_tree(path: Path) -> None:
     """Delete a folder so that no half-deleted copy stays visible: rename it aside first."""
     path = Path(path)
+    if path.is_symlink():  # a linked folder: remove the link, not what it points to
+        path.unlink()
+        return
     doomed = path.with_name(f"{_staging_prefix('removing')}{path.name}")
     os.rename(path, doomed)
     shutil.rmtree(doomed)
@@ -159,8 +163,12 @@ def imported_models() -> list[Path]:
 
 
 def find_imported(name: str) -> Optional[Path]:
+    """The store folder named exactly `name` (any case); a name that safe_name would change is
+    no store name ('my-model?' must not find, or remove, 'my-model')."""
     try:
         folder = model_dir(name)
     except LocalaiError:
+        return None
+    if folder.name != name.lower():
         return None
     return folder if (folder / METADATA_FILE).is_file() else None

@@ -31,6 +31,8 @@ def describe_quantization(folder: Path) -> str:
         config = json.loads((Path(folder) / "config.json").read_text())
     except (OSError, ValueError):
         return "unknown"
+    if not isinstance(config, dict):
+        return "unknown"
     quant = config.get("quantization_config")
     if isinstance(quant, dict):
         method = quant.get("quant_method", "unknown")
