@@ -262,6 +262,32 @@ def test_ctrl_c_at_the_rm_prompt_exits_130_and_keeps_the_model(imported_model, l
     assert imported_model.is_dir()
 
 
+def test_gguf_files_of_the_same_name_from_two_organizations_are_two_models():
+    from localai.store.resolve import hub_gguf_name
+
+    assert hub_gguf_name("Qwen/Qwen3-0.6B-GGUF", "Qwen3-0.6B-Q8_0.gguf") != \
+        hub_gguf_name("unsloth/Qwen3-0.6B-GGUF", "Qwen3-0.6B-Q8_0.gguf")
+
+
+@pytest.mark.parametrize("args", [["acme/x-gguf", "--gguf-file", "m.gguf"], ["{tmp}/m.gguf"]])
+def test_a_store_name_held_by_another_model_is_never_taken_for_it(localai_home, tiny_llama, tmp_path, args):
+    """'acme-x/gguf' and 'acme/x-gguf' share a store name, as do two files called m.gguf: the
+    model converted from one source is not the answer for the other."""
+    from localai.store.home import model_dir, write_metadata
+    from localai.store.resolve import gguf_model_name, hub_gguf_name
+
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    name = hub_gguf_name("acme-x/gguf", "m.gguf") if args[0].startswith("acme") else gguf_model_name(Path("m.gguf"))
+    held = shutil.copytree(tiny_llama, model_dir(name))
+    write_metadata(held, name=name, source="hf:acme-x/gguf/m.gguf" if args[0].startswith("acme") else "/else/m.gguf")
+    args = [a.format(tmp=tmp_path) for a in args]
+    where = runner.invoke(app, ["where", *args])
+    assert where.exit_code == 1 and where.stdout == ""
+    download = runner.invoke(app, ["--offline", "download", *args])
+    assert download.exit_code == 1 and f"a different model named {name!r}" in one_error_line(download.stderr)
+    assert (held / "config.json").is_file()
+
+
 def test_list_is_empty_on_a_fresh_home(localai_home):
     assert json.loads(runner.invoke(app, ["list", "--json"]).stdout) == []
     empty = runner.invoke(app, ["list"])

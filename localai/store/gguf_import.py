@@ -60,6 +60,17 @@ def _convert(gguf_path: Path, out: Path) -> None:
     tokenizer.save_pretrained(out)
 
 
+def imported_from(name: str, source: str) -> Optional[Path]:
+    """The store folder `name` when it holds the model converted from `source`; None when there is
+    none; an error when another model has that name."""
+    existing = find_imported(name)
+    if existing is not None and read_metadata(existing).get("source") != source:
+        raise LocalaiError(f"a different model named {existing.name!r} is already in {existing.parent} "
+                           f"(from {read_metadata(existing).get('source', 'unknown')})",
+                           f"Remove it with `localai rm {existing.name}`, or rename the .gguf file")
+    return existing
+
+
 def import_gguf(gguf_path: Path, name: str, source: Optional[str] = None, **extra) -> Path:
     """LOCALAI_HOME/models/<name> converted from `gguf_path`; converted once, then reused."""
     from localai.console import info, verbose
@@ -67,11 +78,8 @@ def import_gguf(gguf_path: Path, name: str, source: Optional[str] = None, **extr
 
     gguf_path = Path(gguf_path).expanduser().resolve()
     source = source or str(gguf_path)
-    existing = find_imported(name)
+    existing = imported_from(name, source)
     if existing is not None:
-        if read_metadata(existing).get("source") != source:
-            raise LocalaiError(f"a different model named {existing.name!r} is already in {existing.parent}",
-                               f"Remove it with `localai rm {existing.name}`, or rename the .gguf file")
         return existing
     check_gguf(gguf_path)
     writable_models_dir()

@@ -73,7 +73,13 @@ def gguf_model_name(path: Path) -> str:
 
 
 def hub_gguf_name(repo_id: str, gguf_file: str) -> str:
-    return safe_name(f"{repo_id.split('/')[-1]}-{Path(gguf_file).stem}")
+    """The store name of a GGUF file from the hub: organization, repo and file (two organizations
+    often publish files of the same name)."""
+    return safe_name(f"{repo_id.replace('/', '-')}-{Path(gguf_file).stem}")
+
+
+def hub_gguf_source(repo_id: str, gguf_file: str) -> str:
+    return f"hf:{repo_id}/{gguf_file}"
 
 
 def find_local(text: str, revision: Optional[str] = None, gguf_file: Optional[str] = None) -> Optional[Path]:
@@ -84,10 +90,20 @@ def find_local(text: str, revision: Optional[str] = None, gguf_file: Optional[st
     if ref.kind in ("folder", "imported"):
         return ref.path
     if ref.kind == "gguf":
-        return find_imported(gguf_model_name(ref.path))
+        return _converted(gguf_model_name(ref.path), str(Path(ref.path).expanduser().resolve()))
     if gguf_file:
-        return find_imported(hub_gguf_name(ref.repo_id, gguf_file))
+        return _converted(hub_gguf_name(ref.repo_id, gguf_file), hub_gguf_source(ref.repo_id, gguf_file))
     return cached_snapshot(ref.repo_id, revision)
+
+
+def _converted(name: str, source: str) -> Optional[Path]:
+    """The store folder converted from `source`, or None (also when another model holds the name)."""
+    from localai.store.gguf_import import imported_from
+
+    try:
+        return imported_from(name, source)
+    except LocalaiError:
+        return None
 
 
 def _hub_unavailable_error(repo_id: str, state: str) -> LocalaiError:
@@ -100,11 +116,11 @@ def _hub_unavailable_error(repo_id: str, state: str) -> LocalaiError:
 
 
 def _resolve_hub_gguf(ref: ModelRef, gguf_file: str, revision: Optional[str]) -> Path:
-    from localai.store.gguf_import import import_gguf
+    from localai.store.gguf_import import import_gguf, imported_from
     from localai.store.hub import HubUnavailable, cached_file, download_file
 
-    name = hub_gguf_name(ref.repo_id, gguf_file)
-    existing = find_imported(name)
+    name, source = hub_gguf_name(ref.repo_id, gguf_file), hub_gguf_source(ref.repo_id, gguf_file)
+    existing = imported_from(name, source)
     if existing is not None:
         return existing
     local = cached_file(ref.repo_id, gguf_file, revision)
@@ -113,7 +129,7 @@ def _resolve_hub_gguf(ref: ModelRef, gguf_file: str, revision: Optional[str]) ->
             local = download_file(ref.repo_id, gguf_file, revision)
         except HubUnavailable as exc:
             raise _hub_unavailable_error(f"{ref.repo_id}/{gguf_file}", exc.reason) from exc
-    return import_gguf(local, name, source=f"hf:{ref.repo_id}/{gguf_file}")
+    return import_gguf(local, name, source=source)
 
 
 def _resolve_hub(ref: ModelRef, revision: Optional[str], refresh: bool, include: Iterable[str],
