@@ -41,6 +41,23 @@ def test_download_fetches_run_files_and_skips_them_the_second_time(tmp_path, hub
         assert summary["path"] == str(path) and summary["quantization"] == "none (float32)"
 
 
+def test_an_interrupted_download_is_not_taken_for_the_model(tmp_path, hub_repo):
+    """A snapshot missing its weights (a download cut off between files) is not cached: where
+    says so, and the next download fetches what is missing, nothing else."""
+    with HubServer({"acme/tiny-llama": hub_repo}) as hub:
+        env = online_env(tmp_path, hub.url)
+        path = Path(run_cli("download", "acme/tiny-llama", env=env).stdout.strip())
+        blob = (path / "model.safetensors").resolve()
+        (path / "model.safetensors").unlink()  # as if cut off before the weights: no link, no blob
+        blob.unlink()
+        assert run_cli("where", "acme/tiny-llama", env=env).returncode == 1
+        hub.requests.clear()
+        again = run_cli("download", "acme/tiny-llama", env=env)
+        assert again.returncode == 0 and Path(again.stdout.strip()) == path, again.stderr
+        assert [r.rsplit("/", 1)[-1] for r in hub.file_gets()] == ["model.safetensors"]
+    assert (path / "model.safetensors").is_file()
+
+
 def test_first_use_downloads(tmp_path, hub_repo):
     with HubServer({"acme/tiny-llama": hub_repo}) as hub:
         env = online_env(tmp_path, hub.url)

@@ -23,6 +23,7 @@ DEFAULT_REVISION = "main"
 RUN_PATTERNS = ("*.safetensors", "*.json", "*.jinja", "*.model", "*.tiktoken", "vocab.txt", "merges.txt")
 # pickle files: fetched only with allow_pickle (they can run code when unpickled carelessly)
 PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.pickle")
+WEIGHT_PATTERNS = ("*.safetensors",) + PICKLE_PATTERNS  # what makes a cached snapshot more than configs
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -129,7 +130,8 @@ def select_files(repo_id: str, sizes: dict[str, int], include: Iterable[str] = (
 
 
 def cached_snapshot(repo_id: str, revision: Optional[str] = None) -> Optional[Path]:
-    """The cached snapshot folder of `repo_id` at `revision`, without touching the network."""
+    """The cached snapshot folder of `repo_id` at `revision` if it can run the model, without
+    touching the network; None when absent or incomplete."""
     from huggingface_hub import snapshot_download
 
     try:
@@ -137,7 +139,24 @@ def cached_snapshot(repo_id: str, revision: Optional[str] = None) -> Optional[Pa
                                  cache_dir=hub_cache_dir(), local_files_only=True)
     except (OSError, ValueError):
         return None
-    return Path(path)
+    return Path(path) if snapshot_complete(Path(path)) else None
+
+
+def snapshot_complete(folder: Path) -> bool:
+    """A config and weights, every shard its index names included. Files arrive one by one (each
+    renamed into place when whole), so an interrupted download leaves a snapshot with only some."""
+    import json
+
+    if not ((folder / "config.json").is_file() or (folder / "params.json").is_file()):
+        return False
+    for index in folder.glob("*.index.json"):
+        try:
+            shards = set(json.loads(index.read_text()).get("weight_map", {}).values())
+        except (OSError, ValueError, AttributeError):
+            return False
+        if not all((folder / shard).is_file() for shard in shards):
+            return False
+    return any(_matches(p.name, WEIGHT_PATTERNS) for p in folder.iterdir())
 
 
 def cached_file(repo_id: str, filename: str, revision: Optional[str] = None) -> Optional[Path]:
