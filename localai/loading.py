@@ -114,6 +114,13 @@ def quiet_transformers() -> None:
         from transformers.utils import logging
 
         logging.disable_progress_bar()
+    if settings.verbosity < 0:  # --quiet: also the GGUF reader's bar, which is plain tqdm
+        import functools
+
+        from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+        if hasattr(gguf_utils, "tqdm") and not isinstance(gguf_utils.tqdm, functools.partial):
+            gguf_utils.tqdm = functools.partial(gguf_utils.tqdm, disable=True)
 
 
 def load_tokenizer(path):

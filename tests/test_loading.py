@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import shutil
 from pathlib import Path
 
@@ -80,3 +81,17 @@ def test_load_model_and_tokenizer(tiny_qwen3):
     tokenizer = load_tokenizer(tiny_qwen3)
     assert model.dtype == torch.float32 and not model.training
     assert tokenizer.eos_token == "<|im_end|>"
+
+
+@pytest.mark.parametrize("verbosity, hidden", [(-1, True), (0, False)])
+def test_quiet_hides_the_gguf_readers_progress_bar(monkeypatch, verbosity, hidden):
+    """transformers' GGUF reader uses plain tqdm, outside its own progress-bar switch."""
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    from localai.loading import quiet_transformers
+    from localai.settings import settings
+
+    monkeypatch.setattr(gguf_utils, "tqdm", gguf_utils.tqdm)  # restored after the test
+    monkeypatch.setattr(settings, "verbosity", verbosity)
+    quiet_transformers()
+    assert gguf_utils.tqdm([1], file=io.StringIO()).disable is hidden
