@@ -6,11 +6,13 @@ Command modules import only typer and the standard library at the top, so
 
 from __future__ import annotations
 
+import errno
 import functools
 import importlib
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -58,11 +60,26 @@ def _describe_unexpected(exc: BaseException) -> Optional[str]:
     name = type(exc).__name__
     if name == "OutOfMemoryError" or "out of memory" in str(exc).lower():
         return "out of memory. Use a smaller --batch-size, a shorter context, a 4-bit model, or --device cpu"
-    if isinstance(exc, PermissionError):
-        return f"permission denied: {exc.filename or exc}. Choose a writable folder (LOCALAI_HOME, -o)"
-    if isinstance(exc, OSError) and exc.errno == 28:
-        return "no space left on device. Free some disk space or point LOCALAI_HOME elsewhere"
+    where = _writable_setting(getattr(exc, "filename", None))
+    if isinstance(exc, PermissionError) or (isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EROFS)):
+        return f"cannot write {exc.filename or exc} ({exc.strerror or exc}). Choose a writable folder ({where})"
+    if (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "no space left on device" in str(exc).lower():
+        # safetensors reports a full disk as its own error type, with the OS message inside
+        return f"no space left on device. Free some disk space or point {where} elsewhere"
     return None
+
+
+def _writable_setting(path) -> str:
+    """The setting that moves the folder a write failed in: HF_HOME for the hub cache, else LOCALAI_HOME."""
+    if path:
+        from localai.store.hub import hub_cache_dir
+
+        try:
+            Path(path).resolve().relative_to(hub_cache_dir().resolve())
+            return "HF_HOME"
+        except ValueError:
+            pass
+    return "LOCALAI_HOME, -o"
 
 
 def _interrupted():

@@ -222,3 +222,18 @@ def test_localai_debug_false_shows_no_traceback(localai_home, monkeypatch):
     monkeypatch.setenv("LOCALAI_DEBUG", "1")
     result = runner.invoke(app, ["generate", "/no/such/model", "hi"])
     assert result.exit_code == 1 and "Traceback" in result.stderr
+
+
+def test_write_failures_name_the_setting_that_moves_the_folder(tmp_path, monkeypatch):
+    import errno as errnos
+
+    from localai.cli import _describe_unexpected
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    in_hub = tmp_path / "hf" / "hub" / "models--acme--tiny"
+    assert "Choose a writable folder (HF_HOME)" in _describe_unexpected(PermissionError(13, "Permission denied", str(in_hub)))
+    read_only = _describe_unexpected(OSError(errnos.EROFS, "Read-only file system", str(tmp_path / "home")))
+    assert read_only.startswith("cannot write") and "LOCALAI_HOME" in read_only
+    full = Exception("Error while serializing: I/O error: No space left on device (os error 28)")  # safetensors' own type
+    assert _describe_unexpected(full).startswith("no space left on device")
+    assert _describe_unexpected(ValueError("something else")) is None

@@ -288,6 +288,22 @@ def test_a_store_name_held_by_another_model_is_never_taken_for_it(localai_home, 
     assert (held / "config.json").is_file()
 
 
+def test_a_foreign_folder_under_the_store_name_is_reported_before_converting(localai_home, tmp_path):
+    from localai.store.home import model_dir
+
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    model_dir("m").mkdir(parents=True)
+    (model_dir("m") / "notes.txt").write_text("mine")
+    result = runner.invoke(app, ["download", str(tmp_path / "m.gguf")])
+    assert result.exit_code == 1 and "exists and is not a localai model folder" in one_error_line(result.stderr)
+    assert (model_dir("m") / "notes.txt").read_text() == "mine"
+
+
+def test_gguf_file_with_a_local_model_is_a_usage_error(localai_home, tiny_llama):
+    result = runner.invoke(app, ["download", str(tiny_llama), "--gguf-file", "x.gguf"])
+    assert result.exit_code == 2 and "--gguf-file needs a hub repo id" in one_error_line(result.stderr)
+
+
 def test_list_is_empty_on_a_fresh_home(localai_home):
     assert json.loads(runner.invoke(app, ["list", "--json"]).stdout) == []
     empty = runner.invoke(app, ["list"])

@@ -141,6 +141,8 @@ def test_gguf_file_from_the_hub(tmp_path):
     (repo / "model-Q4_0.gguf").write_bytes(b"not really gguf")
     with HubServer({"acme/gguf": repo}) as hub:
         env = online_env(tmp_path, hub.url)
+        plain = run_cli("download", "acme/gguf", env=env)  # no transformers model here: name a file
+        assert plain.returncode == 1 and "--gguf-file model-Q4_0.gguf" in one_error_line(plain.stderr)
         absent = run_cli("download", "acme/gguf", "--gguf-file", "other.gguf", env=env)
         assert absent.returncode == 1 and "model-Q4_0.gguf" in one_error_line(absent.stderr)
         fetched = run_cli("download", "acme/gguf", "--gguf-file", "model-Q4_0.gguf", env=env)

@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Optional
 
 from localai.errors import LocalaiError
-from localai.store.home import (find_imported, read_metadata, safe_name, staged_model_dir, writable_models_dir,
-                                write_metadata)
+from localai.store.home import (find_imported, model_dir, read_metadata, safe_name, staged_model_dir,
+                                writable_models_dir, write_metadata)
 
 GGUF_MAGIC = b"GGUF"
 
@@ -81,6 +81,9 @@ def import_gguf(gguf_path: Path, name: str, source: Optional[str] = None, **extr
     existing = imported_from(name, source)
     if existing is not None:
         return existing
+    if model_dir(name).exists():  # not one of ours (no store metadata): the final rename would fail
+        raise LocalaiError(f"{model_dir(name)} exists and is not a localai model folder",
+                           "move it out of the way, or rename the .gguf file")
     check_gguf(gguf_path)
     writable_models_dir()
     quantization = gguf_quantization(gguf_path)

@@ -124,6 +124,10 @@ def select_files(repo_id: str, sizes: dict[str, int], include: Iterable[str] = (
         warn(f"skipping {len(blocked)} pickle file(s) ({', '.join(blocked[:3])}); pass --allow-pickle to fetch them")
         chosen = [n for n in chosen if n not in blocked]
     if not chosen:
+        ggufs = [n for n in names if n.endswith(".gguf")]
+        if ggufs and not include:
+            raise LocalaiError(f"{repo_id} holds GGUF files, not a transformers model",
+                               f"Pick one with --gguf-file, e.g. --gguf-file {ggufs[0]}")
         raise LocalaiError(f"no files of {repo_id} match what was asked for",
                            "Check --include/--exclude against the repo's file list")
     return sorted(set(chosen))

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional
 
-from localai.errors import LocalaiError
+from localai.errors import LocalaiError, UsageError
 from localai.store.aliases import Alias, all_aliases, lookup_alias
 from localai.store.home import find_imported, safe_name
 
@@ -167,8 +167,8 @@ def resolve_model(name_or_path: str, *, revision: Optional[str] = None, refresh:
 
     ref = parse_model_ref(name_or_path)
     if gguf_file and ref.kind != "hub":
-        raise LocalaiError("--gguf-file needs a hub repo id as MODEL",
-                           "For example `localai download org/name --gguf-file x.gguf`")
+        raise UsageError("--gguf-file needs a hub repo id as MODEL",
+                         "For example `localai download org/name --gguf-file x.gguf`")
     if ref.kind in ("folder", "imported"):
         return ref.path
     if ref.kind == "gguf":
