@@ -39,6 +39,7 @@ def test_download_fetches_run_files_and_skips_them_the_second_time(tmp_path, hub
         assert hub.file_gets() == []
         summary = json.loads(second.stdout)
         assert summary["path"] == str(path) and summary["quantization"] == "none (float32)"
+        assert summary["source"] == "hub:acme/tiny-llama"  # as `list` names it
 
 
 def test_an_interrupted_download_is_not_taken_for_the_model(tmp_path, hub_repo):

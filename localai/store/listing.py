@@ -129,6 +129,15 @@ def _repo_folder(snapshot: Path) -> Path:
     raise LocalaiError(f"{snapshot} is not inside an HF cache repo folder", "Remove it by hand")
 
 
+def _hub_source(folder: Path) -> str | None:
+    """'hub:org/name' for a snapshot in the HF cache (as `list` names it), else None."""
+    try:
+        repo = _repo_folder(folder)
+    except LocalaiError:
+        return None
+    return "hub:" + repo.name.removeprefix("models--").replace("--", "/", 1)
+
+
 def describe_folder(path: Path) -> dict:
     """Summary of one local model folder, for `download --json` and friends."""
     folder = Path(path)
@@ -136,7 +145,7 @@ def describe_folder(path: Path) -> dict:
     return {
         "path": str(folder),
         "size_bytes": folder_size(folder),
-        "source": meta.get("source", "local"),
+        "source": meta.get("source") or _hub_source(folder) or "local",
         "format": meta.get("format", "safetensors" if any(folder.glob("*.safetensors")) else "unknown"),
         "quantization": meta.get("quantization") or describe_quantization(folder),
     }
