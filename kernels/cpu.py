@@ -193,7 +193,8 @@ def linear(x: torch.Tensor, signs: torch.Tensor, block: int, codes: torch.Tensor
     """rotate + matmul: x [M, K] -> [M, N] in x's dtype; one native call for small batches."""
     lib = _native_for(group_size)
     if lib is None or x.shape[0] > FUSED_MAX_BATCH or gains.dtype != torch.float16:
-        return turbo_matmul(rotate(x, signs, block), codes, gains, group_size)
+        # rotated in float32 like the fused path: a batch's answer must not depend on its size
+        return turbo_matmul(rotate(x.float(), signs, block), codes, gains, group_size).to(x.dtype)
     xf = x.float().contiguous()
     signs, codes, gains = signs.float().contiguous(), codes.contiguous(), gains.contiguous()
     out = torch.empty(x.shape[0], codes.shape[0], dtype=torch.float32)

@@ -167,3 +167,18 @@ def test_eager_shortcut_equals_the_op():
     direct = ops.turbo_linear(x, signs, p.layout.block, p.codes, p.gains, 64)
     through_op = ops.turbo_matmul(ops.hadamard_rotate(x, signs, p.layout.block), p.codes, p.gains, 64)
     torch.testing.assert_close(direct, through_op)
+
+
+def test_bf16_answers_do_not_depend_on_the_batch_size():
+    """Past the fused path's batch limit the rotation also runs in float32, so a row's bf16 output
+    is the same alone and inside a large batch."""
+    from localai.kernels import cpu
+    from localai.quant.hadamard import random_signs
+    from localai.quant.turboquant import quantize_weight
+
+    packed = quantize_weight(torch.randn(48, 256), 64, seed=3)
+    signs = random_signs(packed.layout.k_padded, 3)
+    x = torch.randn(cpu.FUSED_MAX_BATCH + 8, 256).to(torch.bfloat16)
+    alone = cpu.linear(x[:1], signs, packed.layout.block, packed.codes, packed.gains, 64)
+    batched = cpu.linear(x, signs, packed.layout.block, packed.codes, packed.gains, 64)
+    assert torch.equal(batched[:1], alone)

@@ -91,6 +91,15 @@ def test_weights_that_cannot_be_stored_name_their_layer(tiny_llama, bad, message
         calibrate.quantize_data_free(model, calibrate.QuantSpec())
 
 
+def test_a_hessian_that_cannot_be_factored_names_the_layer():
+    from localai.errors import LocalaiError
+
+    linear = torch.nn.Linear(64, 32, bias=False)
+    hessian = torch.full((64, 64), float("nan"))
+    with pytest.raises(LocalaiError, match="^model.layers.0.mlp.up_proj: the calibration Hessian is not positive"):
+        calibrate._quantize_calibrated("model.layers.0.mlp.up_proj", linear, hessian, calibrate.QuantSpec())
+
+
 def test_rotate_hessian_equals_hessian_of_rotated_inputs():
     x = _correlated_inputs(256, 100)
     layout = tq.make_layout(100)

@@ -123,7 +123,11 @@ def _quantize_calibrated(name: str, linear: torch.nn.Linear, hessian: torch.Tens
     signs = random_signs(layout.k_padded, spec.seed, device=w.device)
     h_rot = gptq.rotate_hessian(hessian, signs, layout.block)  # [Kp, Kp]
     w_rot = rotate_weight(w, layout, spec.seed)  # [N, Kp]
-    codes, gains = gptq.gptq_codes(w_rot, h_rot, spec.group_size, spec.damp)
+    try:
+        codes, gains = gptq.gptq_codes(w_rot, h_rot, spec.group_size, spec.damp)
+    except gptq.NotPositiveDefinite as exc:
+        raise LocalaiError(f"{name}: {exc} (its calibration inputs hold NaN or infinite values)",
+                           "quantize from a float32 or bfloat16 copy of the model, or use --no-calib") from None
     gains = gptq.refit_gains(w_rot, h_rot, codes, spec.group_size, spec.damp)
     for _ in range(spec.refine_passes):
         codes = gptq.refine_codes(w_rot, h_rot, codes, gains, spec.group_size, spec.damp)

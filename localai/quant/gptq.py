@@ -24,7 +24,11 @@ from localai.quant.turboquant import COARSE_GRID, fit_group
 
 DEFAULT_DAMP = 0.1  # of mean(diag H); held-out output error is lowest near 0.1 at 16k tokens
 LAZY_BATCH = 128
-REFIT_ROWS = 256  # rows per chunk in the gain refit (bounds its memory)
+REFIT_BYTES = 256 << 20  # the gain refit's per-chunk H B_r tensor stays under this (R x Kp x groups x 4 bytes)
+
+
+class NotPositiveDefinite(RuntimeError):
+    """The Hessian cannot be factored (NaN or infinite calibration activations, typically)."""
 
 
 def rotate_hessian(hessian: torch.Tensor, signs: torch.Tensor, block: int) -> torch.Tensor:
@@ -46,7 +50,7 @@ def inverse_cholesky(hessian: torch.Tensor, damp: float) -> torch.Tensor:
         factor, info = torch.linalg.cholesky_ex(h)
         if info.item() == 0:
             return torch.linalg.cholesky(torch.cholesky_inverse(factor), upper=True)
-    raise RuntimeError("the calibration Hessian is not positive definite even after extra dampening")
+    raise NotPositiveDefinite("the calibration Hessian is not positive definite even after extra dampening")
 
 
 def gptq_codes(w_rot: torch.Tensor, hessian: torch.Tensor, group_size: int, damp: float = DEFAULT_DAMP):
@@ -91,8 +95,10 @@ def refit_gains(w_rot: torch.Tensor, hessian: torch.Tensor, codes: torch.Tensor,
     hw = (w_rot.float() @ h).reshape(n, groups, group_size)  # (H w_n) per row: [N, groups, G]
     gains = torch.empty(n, groups, device=w_rot.device)
     eye = torch.eye(groups, device=w_rot.device)
-    for first in range(0, n, REFIT_ROWS):
-        rows = slice(first, min(first + REFIT_ROWS, n))
+    # rows per chunk: 256 for SmolLM2's layers, 20 for a 14336-wide down projection (3.3 GB at 256)
+    chunk = max(1, min(256, REFIT_BYTES // (k_padded * groups * 4)))
+    for first in range(0, n, chunk):
+        rows = slice(first, min(first + chunk, n))
         q = levels[codes[rows].long()].reshape(-1, groups, group_size)  # [R, groups, G]
         hq = torch.einsum("igb,rgb->rig", h_blocks, q)  # H B_r: [R, Kp, groups]
         m = torch.einsum("rga,rgah->rgh", q, hq.reshape(-1, groups, group_size, groups))  # B^T H B
