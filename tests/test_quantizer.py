@@ -197,6 +197,19 @@ def test_int4_round_to_nearest_runs_on_the_int4_kernel():
         baselines.int4_quantize(torch.randn(4, 96), 64)
 
 
+def test_int4_layer_follows_new_weights_and_keeps_its_format_through_casts():
+    parts = [baselines.int4_quantize(torch.randn(48, 128), 64) for _ in range(2)]
+    layer = baselines.Int4Linear(128, 48, 64)
+    layer.load_state_dict(parts[0])
+    x = torch.randn(3, 128)
+    layer(x)  # builds the kernel operands from the first weights
+    layer.load_state_dict(parts[1])
+    assert torch.allclose(layer(x), x @ baselines.int4_dequantize(parts[1], 64).T, atol=1e-3)
+    layer.to(torch.bfloat16).float()
+    assert layer.scales.dtype == layer.zeros.dtype == torch.float16
+    assert torch.equal(layer.scales, parts[1]["scales"]) and torch.equal(layer.zeros, parts[1]["zeros"])
+
+
 def test_calibration_from_text_file(tmp_path, tiny_llama):
     _, tokenizer = _load(tiny_llama)
     text = tmp_path / "calib.txt"

@@ -16,6 +16,7 @@ import torch
 from localai.errors import LocalaiError
 
 from localai.quant.checkpoint import INT4_METHOD
+from localai.quant.linear import float16_kept
 
 
 def int4_quantize(w: torch.Tensor, group_size: int) -> dict[str, torch.Tensor]:
@@ -87,6 +88,18 @@ class Int4Linear(torch.nn.Module):
                 weight = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
             self._packed = (device, dtype, weight, sz)
         return self._packed[2], self._packed[3]
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._packed = None  # built from the old buffers
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def _apply(self, fn, recurse=True):
+        # .to(dtype) / .half() must not cast the stored scales and zeros (float16 by format);
+        # the kernel operands are rebuilt on next use
+        with float16_kept(self, ("scales", "zeros")):
+            super()._apply(fn, recurse)
+        self._packed = None
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape

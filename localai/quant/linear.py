@@ -8,6 +8,8 @@ float16 [N, Kp // G] are saved in the state dict; `signs` [Kp] comes from `seed`
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 
@@ -19,6 +21,19 @@ from localai.settings import localai_home
 cpu_kernels.cache_dir_provider = lambda: localai_home() / "kernels"  # the compiled CPU kernel lives in our cache
 
 DEFAULT_GROUP_SIZE = 64
+
+
+@contextmanager
+def float16_kept(module: nn.Module, names: tuple[str, ...]):
+    """Inside, the float16 buffers `names` are int16 bits, so a dtype cast of the module (which
+    converts floating tensors only) moves them without changing them."""
+    for name in names:
+        module._buffers[name] = module._buffers[name].view(torch.int16)
+    try:
+        yield
+    finally:
+        for name in names:
+            module._buffers[name] = module._buffers[name].view(torch.float16)
 
 
 class TurboLinear(nn.Module):
@@ -75,14 +90,10 @@ class TurboLinear(nn.Module):
         return y.reshape(*lead, self.out_features)
 
     def _apply(self, fn, recurse=True):
-        # model.to(dtype) / .half() must not cast the packed format: gains go through fn as
-        # int16 bits (fn then only moves them); signs are rebuilt from the seed afterwards
-        # (this also covers to_empty, which leaves buffers uninitialized).
-        self._buffers["gains"] = self.gains.view(torch.int16)
-        try:
+        # model.to(dtype) / .half() must not cast the packed format; signs are rebuilt from the
+        # seed afterwards (this also covers to_empty, which leaves buffers uninitialized)
+        with float16_kept(self, ("gains",)):
             super()._apply(fn, recurse)
-        finally:
-            self._buffers["gains"] = self._buffers["gains"].view(torch.float16)
         self.reset_signs()
         return self
 
