@@ -12,8 +12,11 @@ import platform
 import shutil
 import subprocess
 import sys
+import traceback
 from dataclasses import asdict, dataclass
 from typing import Callable, Optional
+
+from localai.settings import settings
 
 CUDA_TORCH_HINT = "Install a CUDA build of torch: pip install torch --index-url https://download.pytorch.org/whl/cu128"
 
@@ -179,6 +182,8 @@ def run_checks() -> list[Check]:
         try:
             checks += group()
         except Exception as exc:  # one broken component must not hide the rest of the report
+            if settings.debug:
+                traceback.print_exc()
             name = group.__name__.removesuffix("_checks").replace("_", " ")
             checks.append(missing(name, f"check failed: {type(exc).__name__}: {exc}".splitlines()[0],
                                   "Run with --debug for details"))

@@ -66,6 +66,19 @@ def test_a_crashing_check_becomes_a_missing_record(monkeypatch, localai_home):
     checks = doctor.run_checks()
     assert checks[0].name == "python"
     assert checks[-1].status == "missing" and "driver exploded" in checks[-1].detail
+    assert "--debug" in checks[-1].hint
+
+
+def test_debug_shows_a_crashing_checks_traceback(monkeypatch, localai_home, capsys):
+    from localai.settings import settings
+
+    def broken() -> list:
+        raise RuntimeError("driver exploded")
+
+    monkeypatch.setattr(doctor, "CHECK_GROUPS", [broken])
+    monkeypatch.setattr(settings, "debug", True)
+    doctor.run_checks()
+    assert "Traceback" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("as_json", [True, False])
