@@ -1,12 +1,12 @@
 """The engine's own forward for Llama/Mistral and Qwen2/Qwen3 over a static KV cache.
 
-It reuses the loaded transformers modules: embeddings, rotary tables and any quantized
-linear layer (TurboLinear, bitsandbytes Linear4bit) are called as they are; RMSNorms run
-as one fused op with their own weights; and each group of plain nn.Linear layers that
-reads the same input (q/k/v, gate/up) becomes one matmul (see Projection: on the CPU the
-engine takes those weights over, so the transformers forward of that model instance no
-longer runs). The helpers are plain Python objects, not nn.Modules, to keep the
-per-layer Python overhead of a decode step small.
+It reuses the loaded transformers modules: embeddings, rotary tables and bitsandbytes
+layers are called as they are; RMSNorms run as one fused op with their own weights; and
+each group of linears that reads the same input (q/k/v, gate/up) becomes one matmul when
+its layers allow: plain nn.Linear weights are fused (on the CPU the engine takes them over,
+so the transformers forward of that model instance no longer runs), TurboLinear layers
+with one rotation share it and one kernel call (see Projection). The helpers are plain
+Python objects, not nn.Modules, to keep the per-layer Python overhead of a decode step small.
 """
 
 from __future__ import annotations
