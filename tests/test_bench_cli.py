@@ -88,6 +88,11 @@ def test_input_beyond_the_context(tiny_llama):
     (["--batch-size", "lots"], "--batch-size 'lots'"),
     (["--emit", "sglang"], "--emit 'sglang'"),
     (["--decode-mode", "fast"], "--decode-mode 'fast'"),
+    (["--tp", "0"], "both count processes, at least 1"),
+    (["--dp", "-1"], "both count processes, at least 1"),
+    (["--num-requests", "0"], "--num-requests 0 is not a positive number"),
+    (["--dp", "2", "--num-requests", "1"], "--num-requests 1 leaves some of the 2 processes idle"),
+    (["--output-len", "0"], "--output-len 0 is not a positive number"),
 ])
 def test_bad_flags(tiny_llama, args, message):
     assert message in one_line_error(bench(tiny_llama, *args), code=2)

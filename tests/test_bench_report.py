@@ -13,7 +13,7 @@ from localai.bench.metrics import RequestTrace, summarize
 from localai.bench.report import SCHEMA, build_report, load_report, render, write_atomic
 from localai.bench.vllm import emit
 from localai.cli import app
-from localai.errors import LocalaiError
+from localai.errors import LocalaiError, UsageError
 
 runner = CliRunner()
 
@@ -72,8 +72,18 @@ def test_unknown_format_is_an_error():
 def test_threshold_parsing():
     assert parse_threshold("5%") == pytest.approx(0.05)
     assert parse_threshold("2.5") == pytest.approx(0.025)
-    with pytest.raises(LocalaiError):
-        parse_threshold("five")
+    assert parse_threshold("0.5%") == pytest.approx(0.005)
+    for bad, message in (("five", "not a number"), ("-5%", "out of range"), ("0.05", "ambiguous"), ("5%%", "not a number")):
+        with pytest.raises(UsageError, match=message):
+            parse_threshold(bad)
+
+
+def test_a_metric_that_moves_from_zero_is_flagged():
+    a, b = fake_report(1.0), fake_report(1.0)
+    a["runs"][0]["metrics"]["output_throughput"] = 0.0
+    row = next(r for r in compare(a, b, 0.05)["rows"] if r["metric"] == "output_throughput")
+    assert row["change"] is None and row["verdict"] == "better"
+    assert "from 0" in render_comparison(compare(a, b, 0.05))
 
 
 def test_compare_flags_changes_beyond_threshold():

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from localai.errors import LocalaiError
+from localai.errors import LocalaiError, UsageError
 
 # metric -> True when higher is better
 WATCHED = {
@@ -15,14 +15,18 @@ WATCHED = {
 
 
 def parse_threshold(text: str) -> float:
-    """A percentage: '5%' or '5' -> 0.05."""
-    raw = text.strip().rstrip("%")
+    """A percentage: '5%' or '5' -> 0.05. A bare number below 1 ('0.05') is refused: it reads as a
+    fraction but would mean 0.05%."""
+    stripped = text.strip()
+    raw = stripped[:-1] if stripped.endswith("%") else stripped
     try:
         value = float(raw)
     except ValueError:
-        raise LocalaiError(f"--threshold {text!r} is not a number", "write it like 5%") from None
+        raise UsageError(f"--threshold {text!r} is not a number", "write it like 5%") from None
     if not 0 <= value <= 1000:
-        raise LocalaiError(f"--threshold {text!r} is out of range", "write a percentage like 5%")
+        raise UsageError(f"--threshold {text!r} is out of range", "write a percentage like 5%")
+    if not stripped.endswith("%") and 0 < value < 1:
+        raise UsageError(f"--threshold {text!r} is ambiguous (a fraction, or {value}%?)", "write it with %, e.g. 5%")
     return value / 100
 
 
@@ -50,10 +54,15 @@ def _row(run_a: dict, run_b: dict, metric: str, higher_is_better: bool, threshol
     value_a, value_b = run_a["metrics"].get(metric), run_b["metrics"].get(metric)
     if value_a is None or value_b is None:
         return None
-    change = (value_b - value_a) / value_a if value_a else 0.0
+    if value_a:
+        change = (value_b - value_a) / value_a
+        moved = abs(change) > threshold
+    else:  # from zero: no ratio (change None), but any change at all is flagged
+        change = None if value_b else 0.0
+        moved = bool(value_b)
     verdict = "same"
-    if abs(change) > threshold:
-        verdict = "better" if (change > 0) == higher_is_better else "worse"
+    if moved:
+        verdict = "better" if (value_b > value_a) == higher_is_better else "worse"
     return {"run": run_a["name"], "metric": metric, "a": value_a, "b": value_b, "change": change, "verdict": verdict}
 
 
@@ -62,7 +71,7 @@ def render_comparison(result: dict) -> str:
     if result["workload_differs"]:
         lines.append("note: the two reports ran different workloads")
     header = ("run", "metric", "A", "B", "change", "")
-    body = [(r["run"], r["metric"], f"{r['a']:.2f}", f"{r['b']:.2f}", f"{r['change'] * 100:+.1f}%",
+    body = [(r["run"], r["metric"], f"{r['a']:.2f}", f"{r['b']:.2f}", "from 0" if r["change"] is None else f"{r['change'] * 100:+.1f}%",
              "" if r["verdict"] == "same" else r["verdict"].upper()) for r in result["rows"]]
     widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
     for row in [header, *body]:

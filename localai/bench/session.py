@@ -52,6 +52,11 @@ def _check_flags(o: BenchOptions) -> tuple[bool, int | None]:
         raise UsageError(f"unknown format {o.fmt!r}", f"use --format {', '.join(FORMATS)}")
     if o.emit not in (None, "vllm"):
         raise UsageError(f"unknown --emit {o.emit!r}", "use --emit vllm")
+    if o.dp < 1 or o.tp < 1:
+        raise UsageError(f"--dp {o.dp} / --tp {o.tp}: both count processes, at least 1", "use e.g. --dp 2")
+    if o.num_requests is not None and 0 < o.num_requests < max(o.dp, o.tp):
+        raise UsageError(f"--num-requests {o.num_requests} leaves some of the {max(o.dp, o.tp)} processes idle",
+                         f"use --num-requests {max(o.dp, o.tp)} or more")
     compare = o.compare is not None
     if compare and sorted(p.strip() for p in o.compare.split(",")) != ["dp", "tp"]:
         raise UsageError(f"--compare {o.compare!r} is not understood", "use --compare dp,tp")
@@ -108,7 +113,8 @@ def prepare(o: BenchOptions) -> Prepared:
 
 def _workload(o: BenchOptions, facts: ModelFacts, path: Path) -> Workload:
     if o.prompts is None:
-        return random_workload(facts.vocab_size, facts.special_ids, o.num_requests or DEFAULT_REQUESTS,
+        return random_workload(facts.vocab_size, facts.special_ids,
+                               DEFAULT_REQUESTS if o.num_requests is None else o.num_requests,
                                o.input_len, o.output_len, o.seed)
     from localai.loading import load_tokenizer
 

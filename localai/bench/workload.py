@@ -12,7 +12,7 @@ import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from localai.errors import LocalaiError
+from localai.errors import LocalaiError, UsageError
 
 
 @dataclass
@@ -77,7 +77,7 @@ def read_prompts_file(path: Path) -> list[str]:
 def file_workload(path: Path, encode, num_requests: int | None, output_len: int, seed: int) -> Workload:
     """Prompts from a file, tokenized with `encode(text) -> ids`; cycled to `num_requests`."""
     texts = read_prompts_file(path)
-    count = num_requests or len(texts)
+    count = len(texts) if num_requests is None else num_requests
     check_lengths(count, 1, output_len)
     prompts = [list(encode(texts[i % len(texts)])) for i in range(count)]
     if any(len(p) == 0 for p in prompts):
@@ -87,11 +87,11 @@ def file_workload(path: Path, encode, num_requests: int | None, output_len: int,
 
 def check_lengths(num_requests: int, input_len: int, output_len: int) -> None:
     if num_requests < 1:
-        raise LocalaiError(f"--num-requests {num_requests} is not a positive number", "use 1 or more")
+        raise UsageError(f"--num-requests {num_requests} is not a positive number", "use 1 or more")
     if input_len < 1:
-        raise LocalaiError(f"--input-len {input_len} is not a positive number", "use 1 or more")
+        raise UsageError(f"--input-len {input_len} is not a positive number", "use 1 or more")
     if output_len < 1:
-        raise LocalaiError(f"--output-len {output_len} is not a positive number", "use 1 or more")
+        raise UsageError(f"--output-len {output_len} is not a positive number", "use 1 or more")
 
 
 def check_context(workload: Workload, max_positions: int | None) -> None:
