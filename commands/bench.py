@@ -57,6 +57,10 @@ def run(
         model=model, dp=dp, tp=tp, compare=compare, scaling=scaling, input_len=input_len, output_len=output_len,
         num_requests=num_requests, prompts=prompts, batch_size=batch_size, warmup=warmup, repeats=repeats,
         seed=seed, decode_mode=decode_mode, fmt="json" if as_json else fmt, emit=emit)
+    if output is not None:  # before the benchmark runs, not after
+        from localai.bench.report import check_output_path
+
+        check_output_path(output)
     prepared = prepare(options)
     if options.emit:
         _deliver(vllm_commands(prepared), output)

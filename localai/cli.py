@@ -11,6 +11,7 @@ import functools
 import importlib
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Optional
@@ -176,7 +177,13 @@ def _register() -> None:
 _register()
 
 
+def _terminated(signum, _frame) -> None:
+    # unwind like Ctrl-C does, so cleanup runs (bench workers stopped, staging folders removed)
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _terminated)
     app(prog_name="localai")
 
 

@@ -129,3 +129,32 @@ def test_tp_shards_by_key_value_group():
 def test_bench_help_lists_run_and_compare():
     result = runner.invoke(app, ["bench", "--help"])
     assert result.exit_code == 0 and "compare" in result.stdout and "run" in result.stdout
+
+
+def test_sigterm_stops_the_run_and_its_workers(tiny_llama, tmp_path):
+    """A terminated bench (a scheduler's kill, a closed session) stops its replica processes too."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    from cli_helpers import REPO_ROOT
+
+    env = dict(os.environ, LOCALAI_HOME=str(tmp_path / "home"))
+    process = subprocess.Popen([sys.executable, "-m", "localai", "--device", "cpu", "bench", "run", str(tiny_llama),
+                                "--dp", "2", "--num-requests", "2000", "--input-len", "16", "--output-len", "64"],
+                               env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    parent = psutil.Process(process.pid)
+    deadline = time.monotonic() + 60
+    while len(parent.children()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    workers = parent.children()
+    assert len(workers) == 2, process.stderr.read() if process.poll() is not None else "workers never started"
+    time.sleep(2)  # let them load and start generating
+    process.send_signal(signal.SIGTERM)
+    stdout, _ = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGTERM and stdout == ""
+    gone, alive = psutil.wait_procs(workers, timeout=15)
+    assert alive == []

@@ -112,6 +112,15 @@ def test_write_atomic_leaves_only_the_finished_file(tmp_path):
     assert target.read_text() == "{}\n" and [p.name for p in tmp_path.iterdir()] == ["r.json"]
     with pytest.raises(LocalaiError, match="does not exist"):
         write_atomic(tmp_path / "missing" / "r.json", "{}")
+    (tmp_path / "adir").mkdir()
+    with pytest.raises(LocalaiError, match="is a folder"):
+        write_atomic(tmp_path / "adir", "{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adir", "r.json"]  # no temporary file left
+
+
+def test_an_unusable_output_is_refused_before_the_benchmark_runs(tmp_path):
+    result = runner.invoke(app, ["bench", "run", str(tmp_path / "no-such-model"), "-o", str(tmp_path / "nope" / "r.json")])
+    assert result.exit_code == 1 and "does not exist" in result.stderr  # not the model error: checked first
 
 
 def test_bench_compare_command(tmp_path):

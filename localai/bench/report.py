@@ -176,14 +176,28 @@ def render(report: dict, fmt: str) -> str:
     return {"table": render_table, "md": render_md, "csv": render_csv, "jsonl": render_jsonl}[fmt](report)
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write to a temporary name in the same folder, then rename: never half a file."""
+def check_output_path(path: Path) -> Path:
+    """An --output the report can be written to, checked before any work is done."""
     path = Path(path)
     if not path.parent.is_dir():
         raise LocalaiError(f"folder {path.parent} does not exist", "create it or choose another --output")
+    if path.is_dir():
+        raise LocalaiError(f"{path} is a folder", "give a file name to --output")
+    if not os.access(path.parent, os.W_OK):
+        raise LocalaiError(f"cannot write into {path.parent}", "choose another --output")
+    return path
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write to a temporary name in the same folder, then rename: never half a file, and no
+    temporary file left behind."""
+    path = check_output_path(path)
     temp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    temp.write_text(text, encoding="utf-8")
-    os.replace(temp, path)
+    try:
+        temp.write_text(text, encoding="utf-8")
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
 
 
 def load_report(path: Path) -> dict:
