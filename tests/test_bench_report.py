@@ -134,8 +134,19 @@ def test_bench_compare_command(tmp_path):
     assert json.loads(result.stdout)["flagged"] > 0
 
 
-@pytest.mark.parametrize("content, message", [(None, "not found"), ("{oops", "is not JSON"),
-                                              ('{"runs": []}', "not a localai bench report")])
+def _edited(edit) -> str:
+    report = json.loads(render(fake_report(1.0), "json"))
+    edit(report)
+    return json.dumps(report)
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "not found"), ("{oops", "is not JSON"), ('{"runs": []}', "not a localai bench report"),
+    (_edited(lambda r: r.pop("environment")), "not a localai bench report"),
+    (_edited(lambda r: r["runs"][0].pop("name")), "not a localai bench report"),
+    (_edited(lambda r: r["runs"].append("x")), "not a localai bench report"),
+    (_edited(lambda r: r["runs"][0]["metrics"].update(output_throughput="fast")), "not a localai bench report"),
+])
 def test_bench_compare_bad_reports(tmp_path, content, message):
     good, bad = tmp_path / "good.json", tmp_path / "bad.json"
     good.write_text(render(fake_report(), "json"))

@@ -209,6 +209,24 @@ def load_report(path: Path) -> dict:
         report = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise LocalaiError(f"{path} is not JSON ({exc})", "pass a file written by `localai bench --format json`") from None
-    if not isinstance(report, dict) or report.get("schema") != SCHEMA or not isinstance(report.get("runs"), list):
+    if not _has_report_shape(report):
         raise LocalaiError(f"{path} is not a localai bench report", "pass a file written by `localai bench --format json`")
     return report
+
+
+def _has_report_shape(report) -> bool:
+    """The fields `compare` reads, with their types: a hand-edited file fails here, in one line."""
+    if not isinstance(report, dict) or report.get("schema") != SCHEMA:
+        return False
+    if not all(isinstance(report.get(key), dict) for key in ("environment", "workload")):
+        return False
+    runs = report.get("runs")
+    if not isinstance(runs, list):
+        return False
+    for run in runs:
+        if not (isinstance(run, dict) and isinstance(run.get("name"), str) and isinstance(run.get("metrics"), dict)):
+            return False
+        numbers = run["metrics"].values()
+        if not all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in numbers):
+            return False
+    return True
