@@ -61,11 +61,12 @@ def _describe_unexpected(exc: BaseException) -> Optional[str]:
     name = type(exc).__name__
     if name == "OutOfMemoryError" or "out of memory" in str(exc).lower():
         return "out of memory. Use a smaller --batch-size, a shorter context, a 4-bit model, or --device cpu"
-    where = _writable_setting(getattr(exc, "filename", None))
     if isinstance(exc, PermissionError) or (isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EROFS)):
-        return f"cannot write {exc.filename or exc} ({exc.strerror or exc}). Choose a writable folder ({where})"
+        return (f"cannot write {exc.filename or exc} ({exc.strerror or exc}). "
+                f"Choose a writable folder ({_writable_setting(exc.filename)})")
     if (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "no space left on device" in str(exc).lower():
         # safetensors reports a full disk as its own error type, with the OS message inside
+        where = _writable_setting(getattr(exc, "filename", None))
         return f"no space left on device. Free some disk space or point {where} elsewhere"
     return None
 

@@ -94,8 +94,8 @@ class Projection:
     def __init__(self, linears: list[nn.Module]):
         self.sizes = [m.out_features for m in linears]
         self.parts = linears
-        self.turbo = not fusable(linears) and turbo_fusable(linears)
-        self.fused = fusable(linears) or self.turbo
+        self.turbo = turbo_fusable(linears)
+        self.fused = self.turbo or fusable(linears)
         self.weight = self.packed = self.bias = None
         if self.turbo:
             self._stack_turbo(linears)

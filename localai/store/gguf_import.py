@@ -64,11 +64,16 @@ def imported_from(name: str, source: str) -> Optional[Path]:
     """The store folder `name` when it holds the model converted from `source`; None when there is
     none; an error when another model has that name."""
     existing = find_imported(name)
-    if existing is not None and read_metadata(existing).get("source") != source:
+    held = read_metadata(existing).get("source", "unknown") if existing is not None else source
+    if held != source:
         raise LocalaiError(f"a different model named {existing.name!r} is already in {existing.parent} "
-                           f"(from {read_metadata(existing).get('source', 'unknown')})",
-                           f"Remove it with `localai rm {existing.name}`, or rename the .gguf file")
+                           f"(from {held})", f"Remove it with `localai rm {existing.name}`, or rename the .gguf file")
     return existing
+
+
+def file_source(gguf_path: Path) -> str:
+    """The recorded source of a local .gguf file: its resolved absolute path."""
+    return str(Path(gguf_path).expanduser().resolve())
 
 
 def import_gguf(gguf_path: Path, name: str, source: Optional[str] = None, **extra) -> Path:
@@ -77,7 +82,7 @@ def import_gguf(gguf_path: Path, name: str, source: Optional[str] = None, **extr
     from localai.loading import quiet_transformers
 
     gguf_path = Path(gguf_path).expanduser().resolve()
-    source = source or str(gguf_path)
+    source = source or file_source(gguf_path)
     existing = imported_from(name, source)
     if existing is not None:
         return existing

@@ -84,13 +84,14 @@ def hub_gguf_source(repo_id: str, gguf_file: str) -> str:
 
 def find_local(text: str, revision: Optional[str] = None, gguf_file: Optional[str] = None) -> Optional[Path]:
     """Where MODEL is on disk now, or None; never downloads or converts."""
+    from localai.store.gguf_import import file_source
     from localai.store.hub import cached_snapshot
 
     ref = parse_model_ref(text)
     if ref.kind in ("folder", "imported"):
         return ref.path
     if ref.kind == "gguf":
-        return _converted(gguf_model_name(ref.path), str(Path(ref.path).expanduser().resolve()))
+        return _converted(gguf_model_name(ref.path), file_source(ref.path))
     if gguf_file:
         return _converted(hub_gguf_name(ref.repo_id, gguf_file), hub_gguf_source(ref.repo_id, gguf_file))
     return cached_snapshot(ref.repo_id, revision)

@@ -93,7 +93,8 @@ class Backbone(nn.Module):
         weight = self.norm.weight
         return KVCache(self.args, max_len, weight.device, weight.dtype)
 
-    def _rope_for(self, start: int, length: int, device) -> torch.Tensor:
+    def rope_for(self, start: int, length: int, device) -> torch.Tensor:
+        """Rotations for positions start..start+length (a view of a table grown on demand)."""
         if self._rope is None or self._rope.shape[0] < start + length or self._rope.device != device:
             size = max(4096, 2 * (start + length))
             self._rope = rope_table(self.args.head_dim, size, self.args.rope_theta, device)
@@ -106,13 +107,13 @@ class Backbone(nn.Module):
         and nothing is read back to the host, so the step can be captured in a CUDA graph
         and replayed at any position (the rotary table must already cover the cache)."""
         if isinstance(start, torch.Tensor):
-            rotation = self._rope_for(0, cache.max_len, embeds.device).index_select(0, start)
+            rotation = self.rope_for(0, cache.max_len, embeds.device).index_select(0, start)
             mask = (cache.positions <= start)[None]  # [1, S]: the positions written so far
         else:
             if start + embeds.shape[1] > cache.max_len:
                 raise ValueError(f"sequence of {start + embeds.shape[1]} positions exceeds the cache ({cache.max_len})")
             t = embeds.shape[1]
-            rotation = self._rope_for(start, t, embeds.device)
+            rotation = self.rope_for(start, t, embeds.device)
             mask = None
             if t > 1:  # query i sits at position start + i and sees keys up to there
                 mask = cache.positions[:start + t][None, :] <= cache.positions[start:start + t, None]

@@ -52,7 +52,7 @@ class FixedShapeFrames(EagerFrames):
             size = -(-length // CACHE_ROUNDING) * CACHE_ROUNDING
             backbone = self.model.backbone
             self.cache = backbone.new_cache(size)
-            backbone._rope_for(0, size, self.model.device)  # the rotary table covers the cache before any capture
+            backbone.rope_for(0, size, self.model.device)  # the rotary table covers the cache before any capture
         return self.cache
 
     def step(self, hidden, noise, position: int):
@@ -88,7 +88,7 @@ class GraphFrames(FixedShapeFrames):
         # warm-up and capture write the cache's last position, which no stream reaches (streams
         # ask for one position more than they use)
         self.position = torch.full((1,), self.cache.max_len - 1, device=model.device, dtype=torch.long)
-        self.rope = model.backbone._rope  # the graph reads this table: keep it alive
+        self.rope = model.backbone.rope_for(0, self.cache.max_len, model.device)  # the graph reads it: keep it alive
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):  # lazy tables, kernel compilation and autotuning happen here

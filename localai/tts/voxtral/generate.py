@@ -102,8 +102,9 @@ class VoxtralSynthesizer:
             yield codes[0]
         from localai.console import warn
 
+        seconds = budget * self.config.samples_per_frame / self.sample_rate
         warn(f"speech for {text[:40]!r}{'...' if len(text) > 40 else ''} reached its limit of {budget} frames "
-             f"({budget * 0.08:.1f} s) before the model ended it: the rest is cut")
+             f"({seconds:.1f} s) before the model ended it: the rest is cut")
 
     @torch.inference_mode()
     def stream(self, text: str, voice: str, seed: int = 0, should_stop=None) -> Iterator[torch.Tensor]:
