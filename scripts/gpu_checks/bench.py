@@ -22,10 +22,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(Path(__file__).resolve().parent)]
 from checkout import import_localai  # noqa: E402
+from target import DEVICE, REHEARSAL, missing_device, peak_memory_bytes, reset_peak_memory, sized  # noqa: E402
 
 BATCHES = (1, 8, 32, 64)
-INPUT_LEN, OUTPUT_LEN = 128, 64
-SHAPE = dict(hidden=1024, layers=8, heads=16, kv_heads=4, intermediate=2816, vocab=32000)
+INPUT_LEN, OUTPUT_LEN = sized(128, 32), sized(64, 16)
+SHAPE = sized(dict(hidden=1024, layers=8, heads=16, kv_heads=4, intermediate=2816, vocab=32000),
+              dict(hidden=128, layers=2, heads=4, kv_heads=2, intermediate=256, vocab=1024))
 BUDGET_S = 50  # leave the rest of the section's time for the report
 
 
@@ -55,14 +57,12 @@ def write_turboquant_model(source: Path, folder: Path) -> Path:
     """Data-free TurboQuant checkpoint of `source`, as `localai quantize --no-calib` writes it."""
     from localai.quant.pipeline import QuantizeOptions, quantize
 
-    quantize(source, folder, QuantizeOptions(method="turboquant", use_calib=False), device="cuda")
+    quantize(source, folder, QuantizeOptions(method="turboquant", use_calib=False), device=DEVICE)
     return folder
 
 
 def sweep(folder: Path, label: str, deadline: float) -> tuple[list[dict], list[dict]]:
     """One run row per batch size (or its error) for the model in `folder`."""
-    import torch
-
     from localai.bench.driver import plan, run_requests
     from localai.bench.metrics import over_repeats, summarize
     from localai.bench.model import model_facts
@@ -71,7 +71,7 @@ def sweep(folder: Path, label: str, deadline: float) -> tuple[list[dict], list[d
     from localai.loading import load_model, load_tokenizer
 
     facts = model_facts(folder)
-    model = load_model(folder, "cuda")
+    model = load_model(folder, DEVICE)
     if facts.quantization != "none" and not any("Turbo" in type(m).__name__ for m in model.modules()):
         raise RuntimeError(f"{label}: the checkpoint loaded without its 4-bit layers (quantizer not registered)")
     engine = Engine(model, load_tokenizer(folder))
@@ -86,10 +86,10 @@ def sweep(folder: Path, label: str, deadline: float) -> tuple[list[dict], list[d
             ids = list(range(batch))
             memory_plan = plan(engine, work.prompts, OUTPUT_LEN, batch)
             run_requests(engine, work.prompts, ids, OUTPUT_LEN, memory_plan)  # warm-up
-            torch.cuda.reset_peak_memory_stats()
+            reset_peak_memory()
             traces = run_requests(engine, work.prompts, ids, OUTPUT_LEN, memory_plan)
-            metrics = summarize([traces], [torch.cuda.max_memory_allocated() / 2**20])
-            rows.append({"name": name, "mode": "single", "processes": 1, "placements": ["cuda:0"],
+            metrics = summarize([traces], [peak_memory_bytes() / 2**20])
+            rows.append({"name": name, "mode": "single", "processes": 1, "placements": [sized("cuda:0", "cpu")],
                          "batch_size": memory_plan.batch, "engine": engine.runner.kind,
                          "decode_mode": getattr(engine.runner, "decode_mode", "eager"), "metrics": metrics,
                          "metrics_sd": over_repeats([metrics])[1], "repeats": [metrics], "replicas": []})
@@ -99,7 +99,8 @@ def sweep(folder: Path, label: str, deadline: float) -> tuple[list[dict], list[d
 
 
 def worker_path(folder: Path) -> dict:
-    """`localai bench --dp N` through its worker processes on CUDA (N = visible GPUs, at most 2)."""
+    """`localai bench --dp N` through its worker processes on CUDA (N = visible GPUs, at most 2;
+    two CPU replicas in a rehearsal)."""
     import torch
 
     from localai.bench.model import model_facts
@@ -107,18 +108,16 @@ def worker_path(folder: Path) -> dict:
     from localai.bench.workload import random_workload
 
     os.environ["PYTHONPATH"] = str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")  # for the workers
-    dp = min(2, torch.cuda.device_count())
+    dp = 2 if REHEARSAL else min(2, torch.cuda.device_count())
     facts = model_facts(folder)
     work = random_workload(facts.vocab_size, facts.special_ids, 16 * dp, INPUT_LEN, OUTPUT_LEN, seed=0)
-    run = execute(make_plan(facts, work, "cuda", dp, 1, batch_size=8))["runs"][0]
+    run = execute(make_plan(facts, work, DEVICE, dp, 1, batch_size=8))["runs"][0]
     return {"run": run["name"], "placements": run["placements"], "engine": run["engine"], "metrics": run["metrics"]}
 
 
 def run() -> dict:
-    import torch
-
-    if not torch.cuda.is_available():
-        return {"error": "no CUDA GPU"}
+    if missing_device():
+        return {"error": missing_device()}
     from localai.bench.report import build_report, environment
 
     import_localai()
@@ -153,7 +152,7 @@ def run() -> dict:
     workload = {"source": "random", "num_requests": "= batch size", "input_len": INPUT_LEN, "output_len": OUTPUT_LEN,
                 "seed": "= batch size"}
     model = {"name": "random Llama-shaped", **SHAPE}
-    report = build_report(environment("cuda"), model, workload, {"batches": list(BATCHES), "warmup": "one batch"},
+    report = build_report(environment(DEVICE), model, workload, {"batches": list(BATCHES), "warmup": "one batch"},
                           {"runs": runs})
     report.update(errors=errors, timings=timings, worker_path=workers)
     report["summary"] = {run["name"]: round(run["metrics"]["output_throughput"], 1) for run in runs}

@@ -22,10 +22,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from checkout import import_localai  # noqa: E402
+from target import (DEVICE, REHEARSAL, allocated_bytes, empty_cache, missing_device, peak_memory_bytes,  # noqa: E402
+                    reset_peak_memory, sized, synchronize)
 
 BUDGET_S = 85.0
-SHAPE = dict(hidden_size=2048, num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4,
-             intermediate_size=5632, vocab_size=32000, max_position_embeddings=4096)
+SHAPE = sized(dict(hidden_size=2048, num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4,
+                   intermediate_size=5632, vocab_size=32000, max_position_embeddings=4096),
+              dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                   intermediate_size=256, vocab_size=512, max_position_embeddings=4096))
 BATCHES = (1, 8, 32, 64)
 PROMPT_TOKENS, NEW_TOKENS, CONTEXT = 32, 32, 128
 COMPILE_NEED_S = 30.0  # torch.compile of one decode shape, warm-up included
@@ -52,7 +56,7 @@ def build_model():
     config = LlamaConfig(**SHAPE, tie_word_embeddings=False, bos_token_id=1, eos_token_id=None, pad_token_id=0)
     config._attn_implementation = "sdpa"
     torch.manual_seed(0)
-    with torch.device("cuda"):
+    with torch.device(DEVICE):
         model = LlamaForCausalLM(config).to(torch.bfloat16).eval()
     model.generation_config.eos_token_id = None
     return model
@@ -68,21 +72,19 @@ def prompts(batch: int, seed: int = 0):
 def hf_generate(model, batch: int) -> tuple[float, list[list[int]]]:
     import torch
 
-    ids = prompts(batch).cuda()
+    ids = prompts(batch).to(DEVICE)
     with torch.inference_mode():
         model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=2, do_sample=False)  # warm-up
-        torch.cuda.synchronize()
+        synchronize()
         start = time.perf_counter()
         out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=NEW_TOKENS,
                              min_new_tokens=NEW_TOKENS, do_sample=False)
-        torch.cuda.synchronize()
+        synchronize()
     return batch * NEW_TOKENS / (time.perf_counter() - start), out[:, PROMPT_TOKENS:].tolist()
 
 
 def engine_generate(engine, batch: int, new_tokens: int = NEW_TOKENS) -> tuple[float, list[list[int]], float]:
     """(tokens/s, token ids, seconds of the untimed warm-up run that captures/compiles)."""
-    import torch
-
     from localai.engine.api import generate_batch
     from localai.engine.request import Request, SamplingParams
 
@@ -93,10 +95,10 @@ def engine_generate(engine, batch: int, new_tokens: int = NEW_TOKENS) -> tuple[f
     start = time.perf_counter()
     generate_batch(engine, requests(4), batch_size=batch, max_ctx=CONTEXT)  # warm-up: graphs, compile
     warm = time.perf_counter() - start
-    torch.cuda.synchronize()
+    synchronize()
     start = time.perf_counter()
     results = generate_batch(engine, requests(new_tokens), batch_size=batch, max_ctx=CONTEXT)
-    torch.cuda.synchronize()
+    synchronize()
     return batch * new_tokens / (time.perf_counter() - start), [r.token_ids for r in results], warm
 
 
@@ -130,11 +132,12 @@ def transformers_table(report: dict, label: str, model) -> None:
 
 def engine_table(report: dict, label: str, model, modes: dict) -> None:
     """tokens/s of the engine in each decode mode at the given batches."""
-    import torch
-
     from localai.engine.api import Engine
 
     for mode, batches in modes.items():
+        if REHEARSAL and mode != "eager":
+            report[f"{label}/{mode}"] = {"skipped": "needs a CUDA GPU"}
+            continue
         try:
             engine = Engine(model, IdTokenizer(), decode_mode=mode)
         except Exception as exc:
@@ -147,7 +150,7 @@ def engine_table(report: dict, label: str, model, modes: dict) -> None:
 
             attempt(report, f"{label}/{mode}/b{batch}", COMPILE_NEED_S if mode == "compile" else 4, measure)
         engine = None  # free its fused weights and cache before the next mode
-        torch.cuda.empty_cache()
+        empty_cache()
 
 
 def greedy_agreement(model) -> dict:
@@ -155,7 +158,7 @@ def greedy_agreement(model) -> dict:
 
     restore_layout(model)
     _, reference = hf_generate(model, 1)
-    engine = Engine(model, IdTokenizer(), decode_mode="graphs")
+    engine = Engine(model, IdTokenizer(), decode_mode=sized("graphs", "eager"))
     _, ours, _ = engine_generate(engine, 1)
     same = sum(a == b for a, b in zip(reference[0], ours[0]))
     return {"same_tokens": same, "of": len(reference[0]), "first_difference": next(
@@ -164,8 +167,6 @@ def greedy_agreement(model) -> dict:
 
 def to_turboquant(model) -> int:
     """Replace every linear inside the decoder layers by a TurboLinear (data-free, group 64); returns the count."""
-    import torch
-
     from localai.quant.calibrate import target_linears
     from localai.quant.linear import TurboLinear
     from localai.quant.turboquant import quantize_weight
@@ -179,31 +180,30 @@ def to_turboquant(model) -> int:
                                         block=packed.layout.block)
         parent, _, child = name.rpartition(".")
         setattr(modules[parent], child, layer)
-    torch.cuda.empty_cache()
+    empty_cache()
     return len(targets)
 
 
 def sizing(model) -> dict:
-    """Plan for a made-up 8 GiB card, then run that plan: predicted vs measured peak memory."""
-    import torch
-
+    """Plan for a made-up 8 GiB card (512 MiB in a rehearsal), then run that plan: predicted vs
+    measured peak memory."""
     from localai.engine.api import Engine, generate_batch
     from localai.engine.request import Request, SamplingParams
     from localai.engine.sizing import GIB, plan_memory
 
     engine = Engine(model, IdTokenizer(), decode_mode="eager")
-    total = 8 * GIB
-    plan = plan_memory(engine.shape, device="cuda", available_bytes=total - engine.model_bytes, total_bytes=total,
+    total = sized(8 * GIB, GIB // 2)
+    plan = plan_memory(engine.shape, device=DEVICE, available_bytes=total - engine.model_bytes, total_bytes=total,
                        model_bytes=engine.model_bytes, wanted_ctx=4096, min_ctx=PROMPT_TOKENS + 1, requests=10_000,
                        batch_cap=10_000, prefill_tokens=engine.prefill_tokens)
-    torch.cuda.empty_cache()
-    baseline = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
+    empty_cache()
+    baseline = allocated_bytes()
+    reset_peak_memory()
     engine.prepare(plan)
     requests = [Request(prompt_ids=row, params=SamplingParams(max_new_tokens=8, min_new_tokens=8))
                 for row in prompts(plan.batch).tolist()]
     generate_batch(engine, requests, plan=plan)
-    measured = torch.cuda.max_memory_allocated()
+    measured = peak_memory_bytes()
     other = baseline - engine.model_bytes  # allocations that are not the model (should be ~0)
     measured -= other
     return {"plan": plan.to_json(), "lines": plan.lines(), "chosen_batch": plan.batch,
@@ -216,6 +216,8 @@ def run() -> dict:
     global _deadline
     _deadline = time.perf_counter() + float(os.environ.get("ENGINE_CHECK_BUDGET_S", BUDGET_S))
     report: dict = {"shape": SHAPE, "prompt_tokens": PROMPT_TOKENS, "new_tokens": NEW_TOKENS}
+    if missing_device():
+        return {**report, "error": missing_device()}
     try:
         import_localai()
         model = build_model()

@@ -26,13 +26,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from checkout import import_localai  # noqa: E402
+from target import DEVICE, REHEARSAL, device_name, empty_cache, missing_device, sized  # noqa: E402
 from turbo_decode import attempt, bench_decode, rel_err  # noqa: E402
 
 BUDGET_S = 85.0
-SHAPES = ((4096, 4096), (14336, 4096), (4096, 14336))  # weight [out, in]
+SHAPES = sized(((4096, 4096), (14336, 4096), (4096, 14336)), ((96, 128), (160, 128), (128, 192)))  # weight [out, in]
 BATCHES = (1, 16, 64)
 QUICK_CASES = ((97, 576, 64), (33, 100, 32))  # (N, K, group): odd shapes
-FULL_CASES = ((4096, 4096, 64), (97, 576, 64), (1536, 576, 64), (576, 1536, 64), (33, 100, 32), (256, 4096, 128))
+FULL_CASES = sized(((4096, 4096, 64), (97, 576, 64), (1536, 576, 64), (576, 1536, 64), (33, 100, 32), (256, 4096, 128)),
+                   ((33, 100, 32), (40, 256, 128)))
 TOLERANCE = {"torch.float32": 1e-4, "torch.float16": 5e-3, "torch.bfloat16": 2e-2}
 _deadline = float("inf")
 
@@ -67,7 +69,13 @@ def _graph_time_us(calls, replays: int = 20) -> float:
 
 def _time_calls_us(calls) -> tuple[float, str]:
     """GPU microseconds per call, from a CUDA graph; falls back to timing eager launches
-    (L2 flushed by triton's do_bench) when a contender cannot be captured."""
+    (L2 flushed by triton's do_bench) when a contender cannot be captured. A rehearsal times
+    eager calls on the CPU."""
+    if REHEARSAL:
+        started = time.perf_counter()
+        for call in calls:
+            call()
+        return round((time.perf_counter() - started) * 1e6 / len(calls), 2), "cpu-rehearsal"
     try:
         return _graph_time_us(calls), "cuda-graph"
     except Exception:
@@ -85,7 +93,7 @@ def _time_calls_us(calls) -> tuple[float, str]:
 
 def _copies(nbytes: int) -> int:
     """Weight copies that together overflow the L2 cache (50 MB on an H100) twice over."""
-    return max(2, min(32, -(-128 * 2**20 // nbytes)))
+    return sized(max(2, min(32, -(-128 * 2**20 // nbytes))), 2)
 
 
 # ---- correctness --------------------------------------------------------------------------------
@@ -123,18 +131,18 @@ def _correctness_cases(worst: dict, cases):
     for n, k, group in cases:
         if _time_left() <= 0:
             return
-        packed = quantize_weight(torch.randn(n, k, device="cuda"), group, seed=7)
+        packed = quantize_weight(torch.randn(n, k, device=DEVICE), group, seed=7)
         k_padded = packed.layout.k_padded
         for m in (1, 3, 17, 64):
             for dtype in (torch.bfloat16, torch.float16, torch.float32):
-                x = torch.randn(m, k_padded, device="cuda").to(dtype)
+                x = torch.randn(m, k_padded, device=DEVICE).to(dtype)
                 ref = reference.turbo_matmul(x.float(), packed.codes, packed.gains, group)
                 got = triton_matmul.turbo_matmul(x, packed.codes, packed.gains, group)
                 assert got.dtype == dtype and got.shape == ref.shape
                 worst[str(dtype)] = max(worst.get(str(dtype), 0.0), rel_err(got, ref))
                 yield
-        signs = random_signs(k_padded, 3, device="cuda")
-        x = torch.randn(5, k, device="cuda")
+        signs = random_signs(k_padded, 3, device=DEVICE)
+        x = torch.randn(5, k, device=DEVICE)
         worst["rotate"] = max(worst.get("rotate", 0.0),
                               rel_err(triton_matmul.rotate(x, signs, packed.layout.block), rotate(x, signs, packed.layout.block)))
 
@@ -145,10 +153,10 @@ def check_turbolinear() -> dict:
     from localai.quant.linear import TurboLinear
     from localai.quant.turboquant import dequantize_weight, quantize_weight
 
-    dense = torch.nn.Linear(1536, 576, device="cuda")
+    dense = torch.nn.Linear(1536, 576, device=DEVICE)
     packed = quantize_weight(dense.weight.data, 64, seed=11)
     layer = TurboLinear.from_packed(packed.codes, packed.gains, 1536, 64, 11, bias=dense.bias.data)
-    x = torch.randn(2, 9, 1536, device="cuda", dtype=torch.bfloat16)
+    x = torch.randn(2, 9, 1536, device=DEVICE, dtype=torch.bfloat16)
     ref = x.float() @ dequantize_weight(packed, 11).T + dense.bias.float()
     eager = layer(x)
     compiled = torch.compile(layer, fullgraph=True)(x)
@@ -181,14 +189,14 @@ def bench_matmul(splits: tuple[int, ...] = ()) -> list[dict]:
             rows.append({"weight": f"{n}x{k}", "skipped": "time budget spent"})
             continue
         torch.manual_seed(0)
-        w16 = (torch.randn(n, k, device="cuda") * 0.02).half()
+        w16 = (torch.randn(n, k, device=DEVICE) * 0.02).half()
         packed = quantize_weight(w16.float(), 64, seed=1)
         turbo = [(packed.codes.clone(), packed.gains.clone()) for _ in range(_copies(packed.codes.numel()))]
         dense = [w16.clone() for _ in range(_copies(w16.numel() * 2))]
         nf4 = attempt(lambda: [_nf4(w16) for _ in range(_copies(packed.codes.numel()))])
-        signs = torch.ones(k, device="cuda")
+        signs = torch.ones(k, device=DEVICE)
         for m in BATCHES:
-            x = torch.randn(m, k, device="cuda", dtype=torch.float16)
+            x = torch.randn(m, k, device=DEVICE, dtype=torch.float16)
             row = {"weight": f"{n}x{k}", "batch": m}
             row["rel_err_vs_reference"] = attempt(lambda: f"{rel_err(triton_matmul.turbo_matmul(x, packed.codes, packed.gains, 64), reference.turbo_matmul(x.float(), packed.codes, packed.gains, 64)):.2e}")
             contenders = {"fp16": [lambda w=w: torch.matmul(x, w.T) for w in dense],
@@ -202,11 +210,13 @@ def bench_matmul(splits: tuple[int, ...] = ()) -> list[dict]:
             for name, calls in contenders.items():
                 timed = attempt(_time_calls_us, calls)
                 row[f"{name}_us"], method = timed if isinstance(timed, tuple) else (timed, "failed")
-                if method != "cuda-graph":
+                if method != "cuda-graph" and not REHEARSAL:
                     row[f"{name}_timing"] = method
             for split in splits:
-                row[f"turbo_split{split}_us"] = attempt(_graph_time_us, [
-                    lambda c=c, g=g: triton_matmul.turbo_matmul(x, c, g, 64, split_k=split) for c, g in turbo])
+                calls = [lambda c=c, g=g, split=split: triton_matmul.turbo_matmul(x, c, g, 64, split_k=split)
+                         for c, g in turbo]
+                timed = attempt(_time_calls_us, calls)
+                row[f"turbo_split{split}_us"] = timed[0] if isinstance(timed, tuple) else timed
             if isinstance(row["turbo_us"], float):
                 for base in ("fp16", "nf4"):
                     if isinstance(row[f"{base}_us"], float):
@@ -215,20 +225,18 @@ def bench_matmul(splits: tuple[int, ...] = ()) -> list[dict]:
             rows.append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
         del turbo, dense, nf4
-        torch.cuda.empty_cache()
+        empty_cache()
     return rows
 
 
 def run(sweep_splits: tuple[int, ...] = (), budget_s: float = BUDGET_S) -> dict:
     """All checks within `budget_s` seconds; parts that would not fit are reported as skipped."""
     global _deadline
-    import torch
-
-    if not torch.cuda.is_available():
-        return {"error": "no CUDA device"}
+    if missing_device():
+        return {"error": missing_device()}
     import_localai()
     _deadline = time.perf_counter() + budget_s
-    report = {"device": torch.cuda.get_device_name(0)}
+    report = {"device": device_name()}
     parts = (("matmul", lambda: bench_matmul(sweep_splits), 0),
              ("decode", bench_decode, 30),
              ("correctness_quick", lambda: check_correctness(QUICK_CASES, with_module=True), 8),

@@ -20,23 +20,25 @@ import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
+sys.path[:0] = [str(ROOT), str(ROOT / "scripts"), str(Path(__file__).resolve().parent)]
 import localai  # noqa: E402
+from target import (DEVICE, REHEARSAL, allocated_bytes, device_name, empty_cache, missing_device,  # noqa: E402
+                    peak_memory_bytes, reset_peak_memory, sized, synchronize)
 
 localai.__path__.append(str(ROOT))  # localai.kernels and localai.commands live at the top level when not installed
 
 TEXT = "Streaming speech from a four-bit backbone, one frame every eighty milliseconds."
 VOICE = "casual_female"
-FRAMES = 75  # 6 s of audio per measured sentence: five 5-frame chunks, then 25-frame chunks with left context
+FRAMES = sized(75, 55)  # 6 s of audio per measured sentence: five 5-frame chunks, then 25-frame chunks with left context
 WARMUP_FRAMES = 12  # compiles and autotunes every kernel shape before anything is timed
 GIB = 2 ** 30
-DEVICE = "cuda"
 
 
 def model_params() -> dict:
-    from make_tiny_voxtral import real_params
+    """The released dimensions; the tiny test checkpoint's in a rehearsal."""
+    from make_tiny_voxtral import params, real_params
 
-    return real_params()
+    return params() if REHEARSAL else real_params()
 
 
 def _error(exc: BaseException) -> dict:
@@ -66,8 +68,8 @@ def build_model(quantize: bool):
         from localai.tts.voxtral.quantize import quantize_voxtral
 
         quantize_voxtral(model, device=DEVICE)
-    torch.cuda.synchronize()
-    torch.cuda.empty_cache()
+    synchronize()
+    empty_cache()
     return model
 
 
@@ -87,7 +89,7 @@ def make_synthesizer(model, folder: Path, decode_mode: str | None = None):
     from make_tiny_voxtral import tekken_json
     from localai.tts.voxtral.generate import VoxtralSynthesizer
 
-    rows = 147
+    rows = sized(147, 6)
     (folder / "voice_embedding").mkdir(parents=True, exist_ok=True)
     voice = torch.randn(rows, model.config.backbone.dim).to(torch.bfloat16)
     torch.save(voice, folder / "voice_embedding" / f"{VOICE}.pt")
@@ -104,9 +106,7 @@ def make_synthesizer(model, folder: Path, decode_mode: str | None = None):
 
 def speak_once(synthesizer) -> dict:
     """One sentence through the streaming path: chunk arrival times against the audio delivered so far."""
-    import torch
-
-    torch.cuda.synchronize()
+    synchronize()
     start = time.perf_counter()
     arrivals, samples = [], 0
     for chunk in synthesizer.stream(TEXT, VOICE, seed=0):
@@ -139,10 +139,10 @@ def part_costs(model, synthesizer) -> dict:
     def median_ms(fn, repeats=20):
         times = []
         for _ in range(repeats):
-            torch.cuda.synchronize()
+            synchronize()
             t0 = time.perf_counter()
             fn()
-            torch.cuda.synchronize()
+            synchronize()
             times.append((time.perf_counter() - t0) * 1000)
         return round(sorted(times)[len(times) // 2], 3)
 
@@ -152,29 +152,28 @@ def part_costs(model, synthesizer) -> dict:
     cache = model.backbone.new_cache(512)
     codes = torch.randint(2, 23, (50, 37), device=DEVICE)
     steps = synthesizer.frame_steps  # the synthesizer's graph, captured while it spoke
+    position = min(300, steps.cache.max_len - 1)  # inside the cache it spoke with
     with torch.inference_mode():
         model.backbone(torch.randn(1, 300, dim, device=DEVICE, dtype=torch.bfloat16), cache, 0)
         return {
             "backbone_step_eager_ms": median_ms(lambda: model.backbone(hidden[:, None], cache, 300)),
             "acoustic_head_eager_ms": median_ms(lambda: model.acoustic(hidden, noise)),
-            f"frame_step_{synthesizer.decode_mode}_ms": median_ms(lambda: steps.step(hidden, noise, 300)),
+            f"frame_step_{synthesizer.decode_mode}_ms": median_ms(lambda: steps.step(hidden, noise, position)),
             "codec_chunk_25_frames_with_context_ms": median_ms(lambda: decode_frames(model.codec, codes), 5),
         }
 
 
 def measure(quantize: bool, eager_baseline: bool) -> dict:
-    import torch
-
     result: dict = {}
-    torch.cuda.reset_peak_memory_stats()
+    reset_peak_memory()
     start = time.perf_counter()
     try:
         model = build_model(quantize)
     except Exception as exc:
         return {"build": _error(exc)}
     result["build_s"] = round(time.perf_counter() - start, 1)
-    result["build_peak_gb"] = round(torch.cuda.max_memory_allocated() / GIB, 2)
-    result["resident_gb"] = round(torch.cuda.memory_allocated() / GIB, 2)
+    result["build_peak_gb"] = round(peak_memory_bytes() / GIB, 2)
+    result["resident_gb"] = round(allocated_bytes() / GIB, 2)
     with tempfile.TemporaryDirectory() as tmp:
         try:  # the default: frame steps replayed from a CUDA graph
             synthesizer = make_synthesizer(model, Path(tmp))
@@ -185,9 +184,9 @@ def measure(quantize: bool, eager_baseline: bool) -> dict:
             synthesizer.max_frames = WARMUP_FRAMES
             speak_once(synthesizer)  # warm-up
             synthesizer.max_frames = FRAMES
-            torch.cuda.reset_peak_memory_stats()
+            reset_peak_memory()
             result["speak"] = speak_once(synthesizer)
-            result["speak_peak_gb"] = round(torch.cuda.max_memory_allocated() / GIB, 2)
+            result["speak_peak_gb"] = round(peak_memory_bytes() / GIB, 2)
         except Exception as exc:
             result["speak"] = _error(exc)
         if eager_baseline:
@@ -201,16 +200,14 @@ def measure(quantize: bool, eager_baseline: bool) -> dict:
         except Exception as exc:
             result["per_frame"] = _error(exc)
     del model
-    torch.cuda.empty_cache()
+    empty_cache()
     return result
 
 
 def run() -> dict:
-    import torch
-
-    if not torch.cuda.is_available():
-        return {"error": "no CUDA GPU"}
-    report = {"gpu": torch.cuda.get_device_name(0), "frames_per_sentence": FRAMES,
+    if missing_device():
+        return {"error": missing_device()}
+    report = {"gpu": device_name(), "frames_per_sentence": FRAMES,
               "note": "random weights at the released dimensions; speech is noise, work per frame is real"}
     for name, quantize in (("bf16", False), ("turboquant_4bit", True)):
         start = time.perf_counter()
