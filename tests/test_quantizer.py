@@ -178,6 +178,20 @@ def test_quantize_head_adds_lm_head(tiny_llama):
     assert "lm_head" in result.packed and len(result.packed) == 15
 
 
+def test_data_free_in_row_chunks_equals_the_whole_weight(tiny_llama, monkeypatch):
+    model, _ = _load(tiny_llama)
+    spec = calibrate.QuantSpec(quantize_head=True)
+    whole = calibrate.quantize_data_free(model, spec)
+    monkeypatch.setattr(calibrate, "ROW_CHUNK_BYTES", 7 * 4 * 64)  # 7 rows of 64 inputs: chunks with a short tail
+    chunked = calibrate.quantize_data_free(model, spec)
+    assert chunked.packed.keys() == whole.packed.keys()
+    for name, packed in whole.packed.items():
+        assert torch.equal(chunked.packed[name].codes, packed.codes), name
+        assert torch.equal(chunked.packed[name].gains, packed.gains), name
+    for a, b in zip(chunked.reports, whole.reports):
+        assert a.rel_error == pytest.approx(b.rel_error, rel=1e-4) and a.shape == b.shape
+
+
 def test_int4_round_to_nearest_runs_on_the_int4_kernel():
     w = torch.randn(48, 128)
     parts = baselines.int4_quantize(w, 64)

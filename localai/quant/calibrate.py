@@ -22,6 +22,7 @@ from localai.quant.turboquant import (
 )
 
 CALIB_BATCH = 4  # calibration sequences per forward
+ROW_CHUNK_BYTES = 256 * 2**20  # float32 weight rows quantized at a time in data-free mode
 
 
 @dataclass
@@ -89,16 +90,22 @@ def _storable(name: str, packed: PackedWeight) -> PackedWeight:
 
 
 def _quantize_data_free(name: str, linear: torch.nn.Linear, spec: QuantSpec, device) -> tuple[PackedWeight, LayerReport]:
+    """Rows are independent (rotation and groups run along the input), so a weight is quantized
+    ROW_CHUNK_BYTES of float32 rows at a time: a 128k-vocabulary lm_head needs no 10 GB of temporaries."""
     start = time.perf_counter()
-    w = _finite_weight(name, linear.weight.detach().to(device, torch.float32))  # [N, K]
-    layout = make_layout(w.shape[1], spec.group_size, spec.max_block)
-    w_rot = rotate_weight(w, layout, spec.seed)
-    codes, gains = quantize_rotated(w_rot, spec.group_size)
-    packed = _storable(name, pack(codes, gains, layout))
-    w_hat = dequantize_weight(packed, spec.seed)
-    rel = float((w - w_hat).pow(2).sum() / w.pow(2).sum().clamp_min(1e-30))
-    packed = PackedWeight(packed.codes.cpu(), packed.gains.cpu(), layout)
-    return packed, LayerReport(name, tuple(w.shape), time.perf_counter() - start, rel)
+    weight = linear.weight.detach()  # [N, K]
+    layout = make_layout(weight.shape[1], spec.group_size, spec.max_block)
+    rows = max(1, ROW_CHUNK_BYTES // (4 * layout.k_padded))
+    codes, gains, error, energy = [], [], 0.0, 0.0
+    for first in range(0, weight.shape[0], rows):
+        w = _finite_weight(name, weight[first:first + rows].to(device, torch.float32))
+        packed = _storable(name, pack(*quantize_rotated(rotate_weight(w, layout, spec.seed), spec.group_size), layout))
+        error += float((w - dequantize_weight(packed, spec.seed)).pow(2).sum())
+        energy += float(w.pow(2).sum())
+        codes.append(packed.codes.cpu())
+        gains.append(packed.gains.cpu())
+    packed = PackedWeight(torch.cat(codes), torch.cat(gains), layout)
+    return packed, LayerReport(name, tuple(weight.shape), time.perf_counter() - start, error / max(energy, 1e-30))
 
 
 def quantize_data_free(model, spec: QuantSpec, device="cpu", on_layer=None) -> QuantResult:
