@@ -80,7 +80,8 @@ def test_float16_rotation_does_not_overflow_on_large_inputs():
 
 
 @pytest.mark.parametrize("bad, message", [(float("nan"), "holds NaN or infinite weights"),
-                                          (1e6, "too large for a float16 gain")])
+                                          (1e6, "too large for float16"),
+                                          (4e4, "too large for float16")])  # a float16 gain, but level x gain is not
 def test_weights_that_cannot_be_stored_name_their_layer(tiny_llama, bad, message):
     from localai.errors import LocalaiError
 

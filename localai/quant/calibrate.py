@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from localai.errors import LocalaiError
+from localai.kernels.codebook import LEVELS_4BIT
 from localai.quant import gptq
 from localai.quant.hadamard import random_signs
 from localai.quant.turboquant import (
@@ -22,6 +23,7 @@ from localai.quant.turboquant import (
 )
 
 CALIB_BATCH = 4  # calibration sequences per forward
+FLOAT16_MAX = 65504.0
 ROW_CHUNK_BYTES = 256 * 2**20  # float32 weight rows quantized at a time in data-free mode
 
 
@@ -83,8 +85,10 @@ def _finite_weight(name: str, w: torch.Tensor) -> torch.Tensor:
 
 
 def _storable(name: str, packed: PackedWeight) -> PackedWeight:
-    if not torch.isfinite(packed.gains).all():
-        raise LocalaiError(f"{name} has a group of weights too large for a float16 gain (above 65504)",
+    """Every stored weight, level x gain, must be a float16 number: the kernels multiply them in float16."""
+    largest = packed.gains.float().abs().max() * max(abs(level) for level in LEVELS_4BIT)
+    if not torch.isfinite(largest) or largest > FLOAT16_MAX:
+        raise LocalaiError(f"{name} has a group of weights too large for float16 (above {FLOAT16_MAX:.0f})",
                            "this model's weights cannot be stored in the TurboQuant format")
     return packed
 
