@@ -122,8 +122,9 @@ def test_unknown_method(tiny_llama, tmp_path):
 
 
 def test_group_size_that_does_not_divide(tiny_llama, tmp_path):
-    line = _one_line_error(invoke_on_cpu("quantize", tiny_llama, "-o", tmp_path / "q", "--group-size", 48, "--no-calib"))
-    assert "group size 48 does not divide the padded input size 64" in line
+    line = _one_line_error(invoke_on_cpu("quantize", tiny_llama, "-o", tmp_path / "q", "--group-size", 128, "--no-calib"))
+    assert "group size 128 does not divide the padded input size 64" in line
+    assert line.endswith("choose a group size that divides it: 32, 64")
     assert _nothing_written(tmp_path)
 
 
@@ -137,6 +138,8 @@ def test_conflicting_and_inapplicable_flags(tiny_llama, tmp_path, text_file):
 
 @pytest.mark.parametrize("flags, message", [
     (["--method", "int4", "--group-size", "8"], "int4 kernel takes groups of 32, 64, 128, 256, not 8"),
+    (["--group-size", "48"], "TurboQuant's kernels take groups of 32, 64, 128, 256, not 48"),
+    (["--group-size", "0"], "TurboQuant's kernels take groups of 32, 64, 128, 256, not 0"),
     (["--calib-tokens", "100"], "--calib-tokens 100 is less than one calibration sequence (512 tokens)"),
 ])
 def test_options_that_cannot_work_are_usage_errors_before_loading(tmp_path, flags, message):

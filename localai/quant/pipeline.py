@@ -55,8 +55,12 @@ def check_options(opts: QuantizeOptions, out: Path) -> None:
     """Errors that need no model: unknown method, bad sizes, flags that do not apply, an existing -o."""
     if opts.method not in METHODS:
         raise UsageError(f"unknown method {opts.method!r}", f"use one of: {', '.join(METHODS)}")
-    if opts.group_size < 2 or opts.group_size % 2:
-        raise UsageError(f"group size {opts.group_size} must be even and at least 2", "use e.g. --group-size 64")
+    if opts.method == "turboquant":
+        from localai.quant.turboquant import GROUP_SIZES
+
+        if opts.group_size not in GROUP_SIZES:
+            raise UsageError(f"TurboQuant's kernels take groups of {', '.join(map(str, GROUP_SIZES))}, "
+                             f"not {opts.group_size}", "use --group-size 64 (4.25 bits per weight)")
     if opts.method == "nf4" and opts.group_size != NF4_BLOCK:
         raise UsageError("bitsandbytes NF4 uses blocks of 64", "leave --group-size at 64 with --method nf4")
     if opts.method == "int4" and opts.group_size not in INT4_GROUP_SIZES:

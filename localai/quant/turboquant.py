@@ -21,6 +21,7 @@ from localai.quant.codebook import codebook, nearest_code, pack_codes, unpack_co
 from localai.quant.hadamard import choose_block, fwht, padded_dim, random_signs, rotate
 
 DEFAULT_GROUP_SIZE = 64
+GROUP_SIZES = (32, 64, 128, 256)  # what the fused kernels take (powers of two from 32); others run dequantized
 DEFAULT_MAX_BLOCK = 128
 DEFAULT_SEED = 0
 # multiples of the group's RMS tried as the first scale; the refit then moves it freely
@@ -56,10 +57,11 @@ def make_layout(in_features: int, group_size: int = DEFAULT_GROUP_SIZE,
     block = choose_block(in_features, max_block)
     k_padded = padded_dim(in_features, block)
     if group_size < 2 or group_size % 2 or k_padded % group_size:
+        fitting = [str(size) for size in GROUP_SIZES if k_padded % size == 0]
         raise LocalaiError(
             f"group size {group_size} does not divide the padded input size {k_padded} "
             f"(input size {in_features}, Hadamard block {block})",
-            "choose an even group size that divides it, e.g. 32, 64 or 128")
+            f"choose a group size that divides it: {', '.join(fitting)}")
     return Layout(in_features, block, k_padded, group_size)
 
 
