@@ -44,19 +44,19 @@ def run(
     repeats: int = typer.Option(1, "--repeats", help="Timed repeats; reports mean ± sd."),
     seed: int = typer.Option(0, "--seed", help="Seed of the synthetic prompts."),
     decode_mode: Optional[str] = typer.Option(None, "--decode-mode", help="eager, graphs or compile (CUDA) [default: the engine's choice; eager for --tp]."),
-    fmt: str = typer.Option("table", "--format", help="table, json, jsonl, md or csv."),
-    as_json: bool = typer.Option(False, "--json", help="Same as --format json."),
+    fmt: Optional[str] = typer.Option(None, "--format", help="table (default), json, jsonl, md or csv."),
+    as_json: bool = typer.Option(False, "--json", help="Same as --format json (another --format is an error)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the report to this file instead of stdout."),
     emit: Optional[str] = typer.Option(None, "--emit", help="vllm: print the equivalent vLLM commands and exit."),
 ) -> None:
     """Benchmark MODEL: throughput, TTFT/TPOT/ITL/E2EL, data vs tensor parallel."""
     from localai.bench.report import render
-    from localai.bench.session import BenchOptions, benchmark, prepare, vllm_commands
+    from localai.bench.session import BenchOptions, benchmark, output_format, prepare, vllm_commands
 
     options = BenchOptions(
         model=model, dp=dp, tp=tp, compare=compare, scaling=scaling, input_len=input_len, output_len=output_len,
         num_requests=num_requests, prompts=prompts, batch_size=batch_size, warmup=warmup, repeats=repeats,
-        seed=seed, decode_mode=decode_mode, fmt="json" if as_json else fmt, emit=emit)
+        seed=seed, decode_mode=decode_mode, fmt=output_format(fmt, as_json), emit=emit)
     if output is not None:  # before the benchmark runs, not after
         from localai.bench.report import check_output_path
 

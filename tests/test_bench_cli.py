@@ -93,6 +93,7 @@ def test_input_beyond_the_context(tiny_llama):
     (["--num-requests", "0"], "--num-requests 0 is not a positive number"),
     (["--dp", "2", "--num-requests", "1"], "--num-requests 1 leaves some of the 2 processes idle"),
     (["--output-len", "0"], "--output-len 0 is not a positive number"),
+    (["--json", "--format", "csv"], "--json and --format csv ask for different formats"),
 ])
 def test_bad_flags(tiny_llama, args, message):
     assert message in one_line_error(bench(tiny_llama, *args), code=2)
@@ -113,6 +114,7 @@ def test_emit_vllm_prints_commands_without_running(tiny_llama):
     assert "vllm bench serve" in result.stdout and "--random-input-len 64" in result.stdout
     data = json.loads(bench(tiny_llama, "--emit", "vllm", "--format", "json").stdout)
     assert set(data) == {"model", "serve", "bench", "notes"}
+    assert json.loads(bench(tiny_llama, "--emit", "vllm", "--json", "--format", "json").stdout) == data
 
 
 def test_tp_shards_by_key_value_group():

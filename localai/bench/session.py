@@ -46,6 +46,13 @@ class Prepared:
     plan: BenchPlan | None  # None for --emit vllm, which runs nothing here
 
 
+def output_format(fmt: str | None, as_json: bool) -> str:
+    """The report format from --format and --json; the two naming different formats is a usage error."""
+    if as_json and fmt not in (None, "json"):
+        raise UsageError(f"--json and --format {fmt} ask for different formats", "give only one of them")
+    return "json" if as_json else fmt or "table"
+
+
 def _check_flags(o: BenchOptions) -> tuple[bool, int | None]:
     """Flag combinations the parser cannot judge; returns (compare, batch size or None for auto)."""
     if o.fmt not in FORMATS:
