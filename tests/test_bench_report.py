@@ -53,7 +53,18 @@ def test_table_md_csv_jsonl_render_the_same_rows():
     assert [r["run"] for r in rows] == ["dp2", "dp2/0", "dp2/1"]
     assert float(rows[0]["output_throughput"]) == pytest.approx(report["runs"][0]["metrics"]["output_throughput"])
     lines = [json.loads(line) for line in render(report, "jsonl").splitlines()]
-    assert len(lines) == 1 and lines[0]["run"]["name"] == "dp2" and "environment" in lines[0]
+    assert [line["kind"] for line in lines] == ["run", "scaling"]
+    assert lines[0]["run"]["name"] == "dp2" and all("environment" in line for line in lines)
+    assert lines[1]["scaling"] == report["scaling"]
+
+
+def test_jsonl_carries_the_comparison():
+    report = fake_report()
+    report["comparison"] = {"dp": "dp2", "tp": "tp2", "metric": "total_token_throughput", "dp_over_tp": 1.4,
+                            "interconnect": "cpu: gloo", "greedy_outputs_match": True}
+    lines = [json.loads(line) for line in render(report, "jsonl").splitlines()]
+    assert [line["kind"] for line in lines] == ["run", "scaling", "comparison"]
+    assert lines[2]["comparison"] == report["comparison"]
 
 
 def test_repeated_runs_show_mean_and_sd():
@@ -62,6 +73,14 @@ def test_repeated_runs_show_mean_and_sd():
     run["repeats"] = [run["metrics"], run["metrics"]]
     run["metrics_sd"]["output_throughput"] = 1.25
     assert f"{run['metrics']['output_throughput']:.1f} ± 1.2" in render(report, "table")
+    top = next(csv.DictReader(io.StringIO(render(report, "csv"))))
+    assert float(top["sd_output_throughput"]) == 1.25 and float(top["sd_mean_ttft_ms"]) == 0.0
+
+
+def test_csv_has_sd_columns_left_empty_for_a_single_repeat():
+    rows = list(csv.DictReader(io.StringIO(render(fake_report(), "csv"))))
+    assert "sd_total_token_throughput" in rows[0] and "sd_p99_e2el_ms" in rows[0]
+    assert all(row["sd_total_token_throughput"] == "" for row in rows)
 
 
 def test_unknown_format_is_an_error():

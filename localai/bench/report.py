@@ -149,11 +149,15 @@ def render_md(report: dict) -> str:
     return "\n".join(lines + [""] + _footer(report)) + "\n"
 
 
+# metrics the CSV carries beyond the table's columns
+CSV_EXTRA = ["median_ttft_ms", "p90_ttft_ms", "median_tpot_ms", "p99_tpot_ms", "mean_itl_ms", "p99_e2el_ms",
+             "duration_s"]
+
+
 def render_csv(report: dict) -> str:
-    keys = ["run", "placement"] + [key for _, key, _ in COLUMNS] + ["mean_ttft_ms", "median_ttft_ms", "p90_ttft_ms",
-                                                                  "median_tpot_ms", "p99_tpot_ms", "mean_itl_ms",
-                                                                  "p99_e2el_ms", "duration_s"]
-    keys = list(dict.fromkeys(keys))
+    """The rows with every column, then `sd_<metric>` for each (empty unless the run was repeated)."""
+    metrics = list(dict.fromkeys([key for _, key, _ in COLUMNS] + CSV_EXTRA))
+    keys = ["run", "placement"] + metrics + [f"sd_{key}" for key in metrics]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=keys, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
@@ -163,9 +167,13 @@ def render_csv(report: dict) -> str:
 
 
 def render_jsonl(report: dict) -> str:
-    """One self-contained line per run (llama-bench style): environment, workload, metrics."""
+    """One self-contained line per run (llama-bench style): environment, workload, metrics; then one line
+    for the scaling and one for the DP/TP comparison when the report has them. `kind` tells the lines apart:
+    "run" lines hold `run`, "scaling" lines `scaling`, "comparison" lines `comparison`."""
     shared = {k: report[k] for k in ("schema", "environment", "model", "workload", "settings")}
-    return "".join(json.dumps({**shared, "run": run}) + "\n" for run in report["runs"])
+    lines = [{**shared, "kind": "run", "run": run} for run in report["runs"]]
+    lines += [{**shared, "kind": kind, kind: report[kind]} for kind in ("scaling", "comparison") if kind in report]
+    return "".join(json.dumps(line) + "\n" for line in lines)
 
 
 def render(report: dict, fmt: str) -> str:
