@@ -34,7 +34,7 @@ def run(
     dp: int = typer.Option(1, "--dp", help="Data-parallel replicas, one per GPU (or per share of the CPU cores)."),
     tp: int = typer.Option(1, "--tp", help="Tensor-parallel processes sharing one model."),
     compare: Optional[str] = typer.Option(None, "--compare", help="dp,tp: run both on the same devices, side by side."),
-    scaling: bool = typer.Option(False, "--scaling", help="Also run one replica alone, for scaling efficiency."),
+    scaling: bool = typer.Option(False, "--scaling", help="Also run one process alone, for scaling efficiency (DP: on one replica's share of the requests; TP: on all of them)."),
     input_len: int = typer.Option(128, "--input-len", help="Tokens per synthetic prompt."),
     output_len: int = typer.Option(128, "--output-len", help="Tokens generated per request (EOS ignored)."),
     num_requests: Optional[int] = typer.Option(None, "--num-requests", help="Requests in all [default: 32, or the prompts file's count]."),

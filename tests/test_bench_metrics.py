@@ -4,7 +4,12 @@ import math
 
 import pytest
 
+from localai.bench import runner
+from localai.bench.dp import Placement
+from localai.bench.launcher import WorkerRun
 from localai.bench.metrics import RequestTrace, over_repeats, percentile, step_split, summarize
+from localai.bench.model import ModelFacts
+from localai.bench.worker import WorkerSpec
 from localai.bench.workload import Workload, check_context, random_workload, split
 from localai.errors import LocalaiError
 
@@ -96,3 +101,45 @@ def test_workload_lengths_are_checked():
 def test_requests_split_evenly_in_order():
     assert split(5, 2) == [[0, 1, 2], [3, 4]]
     assert split(2, 3) == [[0], [1], []]
+
+
+def one_second_runs(calls: list, mode: str):
+    """A stand-in for run_dp / run_tp whose every process finishes all of its requests in one second
+    (one batch holds them all), so its throughput grows with the requests it is given."""
+    def launch(model, workload, places, request_ids, **options):
+        calls.append({"mode": mode, "processes": len(places), "requests": list(request_ids),
+                      "decode_mode": options["decode_mode"]})
+        shares = [list(request_ids)] * len(places) if mode == "tp" else split(len(request_ids), len(places))
+        runs = []
+        for share in shares:
+            ids = [request_ids[i] for i in share] if mode == "dp" else share
+            traces = [RequestTrace(i, 4, 0.0, [0.5, 1.0]).to_dict() for i in ids]
+            spec = WorkerSpec(model=model, device="cpu", workload={}, request_ids=ids, batch_size=None, warmup=0,
+                              repeats=1)
+            ready = {"batch_size": len(ids), "engine": "lean", "decode_mode": options["decode_mode"]}
+            runs.append(WorkerRun(spec, ready, [{"traces": traces, "peak_memory_mb": 1.0}]))
+        return runs
+    return launch
+
+
+def scaling_plan(dp: int, tp: int) -> runner.BenchPlan:
+    facts = ModelFacts("m", "LlamaForCausalLM", "llama", 100, set(), 512, 4, 2, "none")
+    places = [Placement("cpu", f"cpu core {i}", {}, [i]) for i in range(2)]
+    return runner.BenchPlan(facts=facts, workload=random_workload(100, set(), 4, 4, 2, 0), device="cpu",
+                            places=places, dp=dp, tp=tp, scaling=True)
+
+
+@pytest.mark.parametrize("dp, tp, baseline, requests, speedup", [
+    (2, 1, "dp1-alone", 2, 2.0),  # each replica's share alone: running side by side costs nothing here
+    (1, 2, "tp1-alone", 4, 1.0),  # the whole workload unsharded: the ranks split the same work, no faster
+])
+def test_scaling_baseline_does_the_parallel_processes_work(monkeypatch, dp, tp, baseline, requests, speedup):
+    calls = []
+    monkeypatch.setattr(runner, "run_dp", one_second_runs(calls, "dp"))
+    monkeypatch.setattr(runner, "run_tp", one_second_runs(calls, "tp"))
+    result = runner.execute(scaling_plan(dp, tp))
+    parallel, alone = calls
+    assert alone["processes"] == 1 and len(alone["requests"]) == requests
+    assert alone["decode_mode"] == parallel["decode_mode"]
+    assert result["runs"][1]["name"] == baseline and result["runs"][1]["metrics"]["completed"] == requests
+    assert result["scaling"]["speedup"] == pytest.approx(speedup)

@@ -21,7 +21,7 @@ class BenchPlan:
     dp: int = 1
     tp: int = 1
     compare: bool = False  # run DP and TP on the same devices, side by side
-    scaling: bool = False  # also one replica alone, for scaling efficiency
+    scaling: bool = False  # also one process alone, for scaling efficiency (see run_alone)
     batch_size: int | None = None  # None: auto
     warmup: int | None = None
     repeats: int = 1
@@ -116,9 +116,7 @@ def execute(plan: BenchPlan) -> dict:
         if plan.compare:
             tokens["tp"] = tokens_by_request(tp_runs, "tp")
     if plan.scaling:
-        share = split(workload.num_requests, len(places))[0]
-        alone = run_dp(model, workload, places[:1], share, **plan.worker_options("dp", False))
-        baseline = run_row("dp1-alone", "dp", alone, places[:1])
+        baseline = run_alone(plan, runs[0]["mode"])
         runs.append(baseline)
         result["scaling"] = scaling(runs[0], baseline, len(places))
     if plan.compare:
@@ -127,8 +125,19 @@ def execute(plan: BenchPlan) -> dict:
     return result
 
 
+def run_alone(plan: BenchPlan, mode: str) -> dict:
+    """The scaling baseline: one unsharded process on the first placement (one process's share of the
+    devices), doing what the parallel run's processes do. For DP that is one replica's share of the
+    requests, so the speed-up shows what running side by side costs; for TP it is every request, the
+    same work the ranks split, so the speed-up shows what sharding gains. Decodes as `mode` does."""
+    everything = list(range(plan.workload.num_requests))
+    requests = split(len(everything), len(plan.places))[0] if mode == "dp" else everything
+    alone = run_dp(plan.facts.path, plan.workload, plan.places[:1], requests, **plan.worker_options(mode, False))
+    return run_row(f"{mode}1-alone", mode, alone, plan.places[:1])
+
+
 def scaling(parallel: dict, alone: dict, n: int) -> dict:
-    """Speed-up of N processes over one replica on one process's share of the devices."""
+    """Speed-up of N processes over one process alone on one process's share of the devices."""
     key = "total_token_throughput"
     speedup = parallel["metrics"][key] / alone["metrics"][key]
     return {"run": parallel["name"], "baseline": alone["name"], "processes": n, "metric": key,
