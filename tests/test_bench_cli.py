@@ -99,6 +99,14 @@ def test_bad_flags(tiny_llama, args, message):
     assert message in one_line_error(bench(tiny_llama, *args), code=2)
 
 
+def test_a_worker_silent_beyond_the_timeout_ends_the_run(tiny_llama, monkeypatch):
+    monkeypatch.setenv("LOCALAI_BENCH_WORKER_TIMEOUT", "0.2")  # less than it takes to import torch
+    result = bench(tiny_llama, "--num-requests", 1, "--input-len", 8, "--output-len", 5, "--warmup", 0)
+    assert result.exit_code == 1 and result.stdout == ""
+    line = result.stderr.strip().splitlines()[-1]  # after the "benchmarking ..." note
+    assert line.startswith("error: benchmark replica 0 (pid ") and "said nothing for 0.2 s while loading" in line
+
+
 def test_graph_decoding_needs_a_gpu(tiny_llama):
     assert "needs a CUDA GPU" in one_line_error(bench(tiny_llama, "--decode-mode", "graphs"))
 

@@ -3,20 +3,35 @@
 Each worker is a fresh `python -m localai.bench.worker` with its own environment (so
 `CUDA_VISIBLE_DEVICES` is set before CUDA starts). The barrier is the launcher itself:
 it waits until every worker has said `ready`, then sends `go` to all of them at once.
+
+A worker that fails, exits, or says nothing for too long ends the run at once, with one
+line naming it and what it was doing; the other workers are stopped. Too long is
+LOCALAI_BENCH_WORKER_TIMEOUT seconds (default 900; 0 waits forever) plus one second per
+output token the worker generates in that phase (its warm-up, or its share of a repeat).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import selectors
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 
 from localai.bench.metrics import RequestTrace
 from localai.bench.worker import WorkerSpec
 from localai.errors import LocalaiError
+
+TIMEOUT_VARIABLE = "LOCALAI_BENCH_WORKER_TIMEOUT"
+DEFAULT_TIMEOUT_S = 900.0  # loading a big model from a slow disk, then warming it up, takes minutes
+SECONDS_PER_TOKEN = 1.0  # a generous floor: a worker slower than one token a second is taken for stuck
+POLL_S = 0.5  # how often the launcher checks that a quiet worker is still alive
+EXIT_WAIT_S = 5.0  # how long a worker that closed its output gets to exit before it is reported
+WORKER_COMMAND = [sys.executable, "-m", "localai.bench.worker"]
 
 
 @dataclass
@@ -34,70 +49,185 @@ class WorkerRun:
         return self.repeats[repeat]["peak_memory_mb"]
 
 
-class _Worker:
-    def __init__(self, spec: WorkerSpec, env: dict[str, str]):
-        self.spec = spec
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "localai.bench.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            env={**os.environ, **env}, text=True, bufsize=1)
-        self.proc.stdin.write(spec.to_json() + "\n")
-        self.proc.stdin.flush()
+@dataclass
+class Deadlines:
+    """How long a worker may say nothing: `timeout_s` plus `per_token_s` for each output token it
+    generates before its next line. `timeout_s` 0: no limit."""
 
-    def receive(self, expected: str) -> dict:
-        """The worker's next protocol line, which must be `expected` (an `error` line raises)."""
-        line = self.proc.stdout.readline()
-        if not line:
-            code = self.proc.wait()
-            raise LocalaiError(f"benchmark worker {self.proc.pid} exited (code {code}) before it reported",
-                               "run with --debug or -v to see its log")
-        message = json.loads(line)
-        if message["event"] == "error":
-            raise LocalaiError(message["message"])
-        if message["event"] != expected:
-            raise LocalaiError(f"benchmark worker sent {message['event']!r} instead of {expected!r}")
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    per_token_s: float = SECONDS_PER_TOKEN
+
+    @classmethod
+    def from_environment(cls) -> "Deadlines":
+        text = os.environ.get(TIMEOUT_VARIABLE, "").strip()
+        if not text:
+            return cls()
+        try:
+            seconds = float(text)
+        except ValueError:
+            seconds = math.nan
+        if not (0 <= seconds < math.inf):
+            raise LocalaiError(f"{TIMEOUT_VARIABLE}={text!r} is not a number of seconds",
+                               "set it to e.g. 1800, or to 0 to wait forever")
+        return cls(timeout_s=seconds)
+
+    def _limit(self, spec: WorkerSpec, requests: int) -> float:
+        if self.timeout_s == 0:
+            return math.inf
+        return self.timeout_s + self.per_token_s * requests * spec.workload["output_len"]
+
+    def loading(self, spec: WorkerSpec) -> float:
+        """Seconds to load and warm up (a warm-up of one batch is at most all of its requests)."""
+        return self._limit(spec, len(spec.request_ids) if spec.warmup is None else spec.warmup)
+
+    def repeat(self, spec: WorkerSpec) -> float:
+        """Seconds for one timed run of its requests."""
+        return self._limit(spec, len(spec.request_ids))
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+class _Worker:
+    def __init__(self, index: int, spec: WorkerSpec, env: dict[str, str], command: list[str]):
+        self.spec = spec
+        self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env={**os.environ, **env})
+        self.name = f"benchmark {'rank' if spec.tp_world > 1 else 'replica'} {index} (pid {self.proc.pid})"
+        self.received = bytearray()  # protocol bytes not yet taken as lines
+        self.scanned = 0  # how much of `received` holds no newline
+        os.set_blocking(self.proc.stdout.fileno(), False)
+
+    def fileno(self) -> int:
+        return self.proc.stdout.fileno()
+
+    def send(self, line: str, doing: str) -> None:
+        try:
+            self.proc.stdin.write(line.encode() + b"\n")
+            self.proc.stdin.flush()
+        except OSError:  # BrokenPipeError: it is gone
+            raise self.ended(doing) from None
+
+    def read_available(self) -> bool:
+        """Move what the pipe holds into `received`, without waiting; False once the worker closed it."""
+        while True:
+            try:
+                chunk = os.read(self.fileno(), 1 << 16)
+            except BlockingIOError:
+                return True
+            if not chunk:
+                return False
+            self.received += chunk
+
+    def next_line(self) -> str | None:
+        """The next whole line received, or None while it is still arriving."""
+        end = self.received.find(b"\n", self.scanned)
+        if end < 0:
+            self.scanned = len(self.received)
+            return None
+        line = bytes(self.received[:end])
+        del self.received[:end + 1]
+        self.scanned = 0
+        return line.decode("utf-8", errors="replace")
+
+    def poll(self, expected: str, doing: str, readable: bool) -> dict | None:
+        """Its `expected` message once a whole line has come; None while it works; raises if it has ended."""
+        exited = self.proc.poll() is not None  # checked before reading: all it wrote is in the pipe by now
+        still_open = self.read_available() if readable or exited else True
+        line = self.next_line()
+        if line is not None:
+            return self.message(line, expected)
+        if exited or not still_open:
+            raise self.ended(doing)
+        return None
+
+    def message(self, line: str, expected: str) -> dict:
+        """The protocol line as a message, which must be `expected` (an `error` line raises)."""
+        try:
+            message = json.loads(line)
+        except json.JSONDecodeError:
+            message = None
+        event = message.get("event") if isinstance(message, dict) else None
+        if event == "error":
+            raise LocalaiError(str(message.get("message")))
+        if event != expected:
+            raise LocalaiError(f"{self.name} sent {(event or line[:60])!r} instead of {expected!r}")
         return message
 
-    def send(self, line: str) -> None:
-        self.proc.stdin.write(line + "\n")
-        self.proc.stdin.flush()
+    def ended(self, doing: str) -> LocalaiError:
+        """The error for a worker that exited, or closed its output, while `doing` something."""
+        try:
+            code = self.proc.wait(timeout=EXIT_WAIT_S)
+        except subprocess.TimeoutExpired:
+            how = "closed its output"
+        else:
+            how = f"was killed by {_signal_name(-code)}" if code < 0 else f"exited with code {code}"
+        return LocalaiError(f"{self.name} {how} {doing}", "run with --debug or -v to see its log")
+
+    def silent(self, limit: float, doing: str) -> LocalaiError:
+        return LocalaiError(f"{self.name} said nothing for {limit:g} s {doing}",
+                            f"if it is just slow, set {TIMEOUT_VARIABLE} to more seconds (0 waits forever); "
+                            "run with -v to see its log")
 
     def stop(self, graceful: bool) -> None:
-        if self.proc.poll() is None:
-            try:
-                self.proc.stdin.close()
-                self.proc.wait(timeout=30 if graceful else 0.5)
-            except (subprocess.TimeoutExpired, BrokenPipeError, OSError):
-                self.proc.kill()
-                self.proc.wait()
+        """Close its pipes (a worker waiting for `go` takes that as the end), wait a little, then kill."""
+        try:
+            self.proc.stdin.close()
+        except OSError:  # BrokenPipeError: it is gone already
+            pass
+        try:
+            self.proc.wait(timeout=30 if graceful else 0.5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
         self.proc.stdout.close()
 
 
-def receive_all(workers: list[_Worker], expected: str) -> list[dict]:
-    """One `expected` line from every worker, in whatever order they come; the first failure raises."""
-    messages: list[dict | None] = [None] * len(workers)
+def receive_all(workers: list[_Worker], expected: str, limits: list[float], doing: str) -> list[dict]:
+    """One `expected` line from every worker, in whatever order they come. The first worker to fail,
+    to exit, or to say nothing for its limit (seconds, one per worker) raises at once."""
+    start = time.monotonic()
+    messages: dict[int, dict] = {}
     with selectors.DefaultSelector() as selector:
         for index, worker in enumerate(workers):
-            selector.register(worker.proc.stdout, selectors.EVENT_READ, index)
-        while any(m is None for m in messages):
-            for key, _ in selector.select():
-                messages[key.data] = workers[key.data].receive(expected)
-                selector.unregister(key.fileobj)
-    return messages
+            selector.register(worker.fileno(), selectors.EVENT_READ, index)
+        while len(messages) < len(workers):
+            waiting = [i for i in range(len(workers)) if i not in messages]
+            elapsed = time.monotonic() - start
+            late = [i for i in waiting if elapsed >= limits[i]]
+            if late:
+                raise workers[late[0]].silent(limits[late[0]], doing)
+            readable = {key.data for key, _ in selector.select(min([POLL_S] + [limits[i] - elapsed for i in waiting]))}
+            for index in waiting:
+                message = workers[index].poll(expected, doing, index in readable)
+                if message is not None:
+                    messages[index] = message
+                    selector.unregister(workers[index].fileno())
+    return [messages[i] for i in range(len(workers))]
 
 
-def launch(specs: list[WorkerSpec], envs: list[dict[str, str]]) -> list[WorkerRun]:
-    """Run the workers to completion; all start each repeat together."""
+def launch(specs: list[WorkerSpec], envs: list[dict[str, str]], deadlines: Deadlines | None = None,
+           command: list[str] | None = None) -> list[WorkerRun]:
+    """Run the workers to completion; all start each repeat together. `deadlines`: from the
+    environment unless given; `command`: the worker program (the localai worker unless given)."""
+    deadlines = deadlines or Deadlines.from_environment()
     workers: list[_Worker] = []
     finished = False
     try:
-        for spec, env in zip(specs, envs):
-            workers.append(_Worker(spec, env))
-        ready = receive_all(workers, "ready")
+        for index, (spec, env) in enumerate(zip(specs, envs)):
+            workers.append(_Worker(index, spec, env, command or WORKER_COMMAND))
+            workers[-1].send(spec.to_json(), "as it started")
+        ready = receive_all(workers, "ready", [deadlines.loading(s) for s in specs],
+                            "while loading and warming up the model")
         repeats: list[list[dict]] = [[] for _ in workers]
-        for _ in range(specs[0].repeats):
+        for repeat in range(specs[0].repeats):
+            doing = f"in timed repeat {repeat + 1} of {specs[0].repeats}"
             for worker in workers:
-                worker.send("go")
-            for index, message in enumerate(receive_all(workers, "result")):
+                worker.send("go", doing)
+            for index, message in enumerate(receive_all(workers, "result", [deadlines.repeat(s) for s in specs], doing)):
                 repeats[index].append(message)
         finished = True
         return [WorkerRun(w.spec, r, rep) for w, r, rep in zip(workers, ready, repeats)]
