@@ -8,7 +8,7 @@ import typer
 
 
 def main(
-    model: str = typer.Argument(..., help="Hub repo id (org/name), alias (`localai list --aliases`) or .gguf file."),
+    model: str = typer.Argument(..., help="Hub repo id (org/name), alias (`localai list --aliases`), .gguf file or model folder."),
     revision: Optional[str] = typer.Option(None, "--revision", help="Branch, tag or commit on the hub."),
     include: List[str] = typer.Option([], "--include", help="Fetch only files matching this glob (repeatable)."),
     exclude: List[str] = typer.Option([], "--exclude", help="Skip files matching this glob (repeatable)."),

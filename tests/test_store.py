@@ -67,6 +67,35 @@ def test_missing_path_and_plain_file_are_errors(tmp_path, localai_home):
         parse_model_ref(str(plain))
 
 
+# --- download of a local path --------------------------------------------------------------------
+
+
+def test_download_of_a_model_folder_prints_its_path(tiny_llama, localai_home):
+    result = runner.invoke(app, ["download", str(tiny_llama)])
+    assert result.exit_code == 0 and result.stdout == f"{tiny_llama}\n", result.stderr
+    summary = json.loads(runner.invoke(app, ["download", str(tiny_llama), "--json"]).stdout)
+    assert summary["path"] == str(tiny_llama) and summary["source"] == "local"
+
+
+@pytest.mark.parametrize("damage, reason", [
+    ("empty", "it has no config.json"),
+    ("no-weights", "it has no weights"),
+    ("missing-shard", "it lacks model-00002-of-00002.safetensors, which model.safetensors.index.json names"),
+])
+def test_download_of_a_folder_that_is_not_a_model_is_one_line(tmp_path, tiny_llama, localai_home, damage, reason):
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    if damage != "empty":
+        shutil.copy(tiny_llama / "config.json", folder)
+    if damage == "missing-shard":
+        shutil.copy(tiny_llama / "model.safetensors", folder / "model-00001-of-00002.safetensors")
+        weight_map = {"a.weight": "model-00001-of-00002.safetensors", "b.weight": "model-00002-of-00002.safetensors"}
+        (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    result = runner.invoke(app, ["download", str(folder)])
+    assert result.exit_code == 1 and result.stdout == ""
+    assert f"{folder} is not a model folder: {reason}" in one_error_line(result.stderr)
+
+
 # --- which files a download fetches ---------------------------------------------------------------
 
 SIZES = {"config.json": 1, "model-00001-of-00002.safetensors": 9, "model-00002-of-00002.safetensors": 9,

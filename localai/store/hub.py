@@ -15,15 +15,13 @@ from typing import Iterable, Optional
 
 from localai.errors import LocalaiError
 from localai.settings import hub_offline
+from localai.store.model_folder import PICKLE_PATTERNS, missing_part
 
 HUB_TIMEOUT_S = 5.0  # first contact with the hub: an unreachable hub is reported after this long
 DEFAULT_REVISION = "main"
 
 # what it takes to run a model: weights, configs, tokenizer files
 RUN_PATTERNS = ("*.safetensors", "*.json", "*.jinja", "*.model", "*.tiktoken", "vocab.txt", "merges.txt")
-# pickle files: fetched only with allow_pickle (they can run code when unpickled carelessly)
-PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.pickle")
-WEIGHT_PATTERNS = ("*.safetensors",) + PICKLE_PATTERNS  # what makes a cached snapshot more than configs
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -149,18 +147,7 @@ def cached_snapshot(repo_id: str, revision: Optional[str] = None) -> Optional[Pa
 def snapshot_complete(folder: Path) -> bool:
     """A config and weights, every shard its index names included. Files arrive one by one (each
     renamed into place when whole), so an interrupted download leaves a snapshot with only some."""
-    import json
-
-    if not ((folder / "config.json").is_file() or (folder / "params.json").is_file()):
-        return False
-    for index in folder.glob("*.index.json"):
-        try:
-            shards = set(json.loads(index.read_text()).get("weight_map", {}).values())
-        except (OSError, ValueError, AttributeError):
-            return False
-        if not all((folder / shard).is_file() for shard in shards):
-            return False
-    return any(_matches(p.name, WEIGHT_PATTERNS) for p in folder.iterdir())
+    return missing_part(folder) is None
 
 
 def cached_file(repo_id: str, filename: str, revision: Optional[str] = None) -> Optional[Path]:

@@ -162,15 +162,19 @@ def resolve_model(name_or_path: str, *, revision: Optional[str] = None, refresh:
     """The local folder for MODEL, downloading or converting it on first use.
 
     `refresh` asks the hub for a newer revision or missing files even when a copy is cached
-    (what `localai download` does); otherwise a cached copy is used as is.
+    (what `localai download` does); otherwise a cached copy is used as is. A local folder must
+    hold a model (a config and its weights): anything else is a one-line error.
     """
     from localai.store.gguf_import import import_gguf
+    from localai.store.model_folder import check_model_folder
 
     ref = parse_model_ref(name_or_path)
     if gguf_file and ref.kind != "hub":
         raise UsageError("--gguf-file needs a hub repo id as MODEL",
                          "For example `localai download org/name --gguf-file x.gguf`")
-    if ref.kind in ("folder", "imported"):
+    if ref.kind == "folder":
+        return check_model_folder(ref.path)
+    if ref.kind == "imported":
         return ref.path
     if ref.kind == "gguf":
         return import_gguf(ref.path, gguf_model_name(ref.path))
