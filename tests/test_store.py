@@ -348,31 +348,3 @@ def test_list_aliases(localai_home):
     result = runner.invoke(app, ["list", "--aliases", "--json"])
     names = {a["name"]: a["repo"] for a in json.loads(result.stdout)}
     assert names["voxtral-tts"] == "mistralai/Voxtral-4B-TTS-2603"
-
-
-def test_staged_folder_is_removed_on_failure(localai_home):
-    from localai.store.home import models_dir, staged_model_dir
-
-    with pytest.raises(RuntimeError):
-        with staged_model_dir("half") as staging:
-            (staging / "part.safetensors").write_bytes(b"x")
-            raise RuntimeError("conversion failed")
-    assert list(models_dir().iterdir()) == []
-
-
-def test_staging_left_by_a_killed_process_is_removed_by_the_next_write(localai_home):
-    from localai.store.home import models_dir, staged_model_dir, writable_models_dir
-
-    gone = subprocess.Popen([sys.executable, "-c", "pass"])
-    gone.wait()  # its process id now belongs to nobody
-    folder = writable_models_dir()
-    abandoned = folder / f".partial-{gone.pid}-smollm2-135m-abc123"
-    (abandoned / "model.safetensors").parent.mkdir()
-    (abandoned / "model.safetensors").write_bytes(b"half a file")
-    live = folder / f".partial-{os.getppid()}-other-def456"  # a live process: left alone
-    live.mkdir()
-    with staged_model_dir("next") as staging:
-        assert staging.name.startswith(f".partial-{os.getpid()}-next-")
-        (staging / "config.json").write_text("{}")
-    assert not abandoned.exists() and live.exists()
-    assert sorted(p.name for p in models_dir().iterdir()) == [live.name, "next"]

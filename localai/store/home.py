@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
+import socket
 import tempfile
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator, Optional
@@ -16,8 +20,9 @@ from localai.errors import LocalaiError
 from localai.settings import localai_home
 
 METADATA_FILE = "localai.json"  # written into every model folder the store creates
-STAGING_PREFIX = ".partial-"  # temporary folders (.partial-<pid>-...); never listed, removed on failure
-# and, when their process was killed, by the next command that writes to the store
+STAGING_PREFIX = ".partial-"  # temporary folders (.partial-<pid>@<host>-<purpose>-<random>); never listed,
+# removed on failure and, when their process was killed, by the next command that writes to the store
+ABANDONED_AFTER_S = 7 * 24 * 3600  # staging untouched this long is abandoned, whoever made it
 
 
 def models_dir() -> Path:
@@ -81,9 +86,20 @@ def writable_models_dir() -> Path:
     return folder
 
 
+def _host_tag() -> str:
+    """A short tag of this machine's name: process ids mean something only on the machine that
+    made a staging folder (LOCALAI_HOME may be a network folder shared by several)."""
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
 def _staging_prefix(purpose: str) -> str:
-    """Staging names carry the owner's process id, so folders of a killed process can be found."""
-    return f"{STAGING_PREFIX}{os.getpid()}-{purpose}-"
+    """Staging names carry their owner (process id and machine), so folders of a killed process can be
+    found; a random part follows (mkdtemp's, or staging_name's), so no two names are ever the same."""
+    return f"{STAGING_PREFIX}{os.getpid()}@{_host_tag()}-{purpose}-"
+
+
+def staging_name(purpose: str) -> str:
+    return f"{_staging_prefix(purpose)}{secrets.token_hex(4)}"
 
 
 def _process_alive(pid: int) -> bool:
@@ -96,13 +112,23 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
+def _abandoned(entry: Path) -> bool:
+    """A staging folder whose process is gone (or, made on another machine, untouched for a week)."""
+    if not entry.name.startswith(STAGING_PREFIX) or not entry.is_dir():
+        return False
+    owner = entry.name[len(STAGING_PREFIX):].split("-", 1)[0]
+    pid, _, host = owner.partition("@")  # no host part: a name from before hosts were recorded
+    with contextlib.suppress(OSError):
+        if time.time() - entry.stat().st_mtime > ABANDONED_AFTER_S:
+            return True
+    return pid.isdigit() and host in ("", _host_tag()) and not _process_alive(int(pid))
+
+
 def remove_abandoned_staging(folder: Path) -> list[Path]:
-    """Delete staging folders whose process is gone (killed mid-download or mid-conversion); returns them."""
+    """Delete staging folders of processes that were killed mid-download or mid-conversion; returns them."""
     removed = []
     for entry in Path(folder).iterdir():
-        owner = entry.name[len(STAGING_PREFIX):].split("-", 1)[0]
-        if entry.name.startswith(STAGING_PREFIX) and entry.is_dir() and owner.isdigit() \
-                and not _process_alive(int(owner)):
+        if _abandoned(entry):
             shutil.rmtree(entry, ignore_errors=True)
             removed.append(entry)
     return removed
@@ -149,7 +175,7 @@ def remove_tree(path: Path) -> None:
     if path.is_symlink():  # a linked folder: remove the link, not what it points to
         path.unlink()
         return
-    doomed = path.with_name(f"{_staging_prefix('removing')}{path.name}")
+    doomed = path.with_name(f"{staging_name('removing')}-{path.name}")
     os.rename(path, doomed)
     shutil.rmtree(doomed)
 
