@@ -7,7 +7,9 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -93,3 +95,38 @@ def test_removal_is_not_blocked_by_a_leftover_of_the_same_process_id(localai_hom
         remove_tree(folder)
         assert not folder.exists(), attempt
 
+
+def test_two_conversions_of_one_model_take_turns(tmp_path, localai_home, monkeypatch):
+    """The second waits for the first, then finds its folder: one conversion, one folder, nothing else."""
+    import localai.store.gguf_import as gguf_import
+
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF" + bytes(60))
+    monkeypatch.setattr(gguf_import, "gguf_quantization", lambda path: "Q8_0")
+    started, conversions = threading.Event(), []
+
+    def slow_convert(gguf_path: Path, out: Path) -> None:
+        conversions.append(out)
+        started.set()
+        time.sleep(1.5)  # long enough for the second import to reach the store
+        (out / "config.json").write_text("{}")
+
+    monkeypatch.setattr(gguf_import, "_convert", slow_convert)
+    results, errors = [], []
+
+    def import_once():
+        try:
+            results.append(gguf_import.import_gguf(gguf, "m"))
+        except Exception as exc:  # reported below: a thread's exception would be lost
+            errors.append(exc)
+
+    first = threading.Thread(target=import_once)
+    first.start()
+    assert started.wait(60)
+    second = threading.Thread(target=import_once)
+    second.start()
+    first.join(60)
+    second.join(60)
+    assert errors == [] and len(conversions) == 1
+    assert results == [localai_home / "models" / "m"] * 2
+    assert [p.name for p in (localai_home / "models").iterdir()] == ["m"]

@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import Optional
 
 from localai.errors import LocalaiError
-from localai.store.home import (find_imported, model_dir, read_metadata, safe_name, staged_model_dir,
-                                writable_models_dir, write_metadata)
+from localai.store.home import (METADATA_FILE, find_imported, model_dir, read_metadata, safe_name,
+                                staged_model_dir, writable_models_dir, write_metadata)
+from localai.store.locking import store_lock
 
 GGUF_MAGIC = b"GGUF"
 
@@ -76,22 +77,19 @@ def file_source(gguf_path: Path) -> str:
     return str(Path(gguf_path).expanduser().resolve())
 
 
-def import_gguf(gguf_path: Path, name: str, source: Optional[str] = None, **extra) -> Path:
-    """LOCALAI_HOME/models/<name> converted from `gguf_path`; converted once, then reused."""
-    from localai.console import info, verbose
+def _refuse_foreign_folder(name: str) -> None:
+    """A folder under the store name without the store's metadata is someone else's: the final
+    rename would fail, or replace their files."""
+    folder = model_dir(name)
+    if folder.exists() and not (folder / METADATA_FILE).exists():
+        raise LocalaiError(f"{folder} exists and is not a localai model folder",
+                           "move it out of the way, or rename the .gguf file")
+
+
+def _convert_into_store(gguf_path: Path, name: str, source: str, quantization: str, extra: dict) -> None:
+    from localai.console import info
     from localai.loading import quiet_transformers
 
-    gguf_path = Path(gguf_path).expanduser().resolve()
-    source = source or file_source(gguf_path)
-    existing = imported_from(name, source)
-    if existing is not None:
-        return existing
-    if model_dir(name).exists():  # not one of ours (no store metadata): the final rename would fail
-        raise LocalaiError(f"{model_dir(name)} exists and is not a localai model folder",
-                           "move it out of the way, or rename the .gguf file")
-    check_gguf(gguf_path)
-    writable_models_dir()
-    quantization = gguf_quantization(gguf_path)
     with staged_model_dir(name) as staging:
         info(f"converting {gguf_path.name} ({quantization}) to a safetensors model folder...")
         quiet_transformers()
@@ -99,6 +97,34 @@ def import_gguf(gguf_path: Path, name: str, source: Optional[str] = None, **extr
         write_metadata(staging, name=safe_name(name), source=source,
                        format="gguf", gguf_file=gguf_path.name,
                        quantization=f"{quantization} (dequantized to float32)", **extra)
-    folder = find_imported(name)
+
+
+def import_gguf(gguf_path: Path, name: str, source: Optional[str] = None, **extra) -> Path:
+    """LOCALAI_HOME/models/<name> converted from `gguf_path`; converted once, then reused.
+
+    Conversions of one name take turns (another process may be converting the same model): the
+    second waits, then finds the first one's folder.
+    """
+    from localai.console import note, verbose
+
+    gguf_path = Path(gguf_path).expanduser().resolve()
+    source = source or file_source(gguf_path)
+    existing = imported_from(name, source)
+    if existing is not None:
+        return existing
+    _refuse_foreign_folder(name)
+    check_gguf(gguf_path)
+    models = writable_models_dir()
+    quantization = gguf_quantization(gguf_path)
+
+    def waiting() -> None:
+        note(f"another localai process is converting {safe_name(name)}; waiting for it")
+
+    with store_lock(models, safe_name(name), on_wait=waiting):
+        existing = imported_from(name, source)  # finished by the process we waited for
+        if existing is None:
+            _refuse_foreign_folder(name)
+            _convert_into_store(gguf_path, name, source, quantization, extra)
+    folder = imported_from(name, source)
     verbose(f"converted model: {folder}")
     return folder
