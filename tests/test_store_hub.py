@@ -222,3 +222,60 @@ def test_gguf_file_from_the_hub(tmp_path):
     assert "is not a GGUF file" in one_error_line(fetched.stderr)
     models = tmp_path / "home" / "models"
     assert not models.exists() or list(models.iterdir()) == []
+
+
+def write_tiny_gguf(path: Path) -> Path:
+    """A well-formed GGUF (header, metadata, two tensors) that transformers cannot convert: enough to
+    tell a damaged file from a whole one."""
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
+    for name in ("a", "b"):
+        writer.add_tensor(name, np.ones((64, 64), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_a_truncated_local_gguf_is_named_and_leaves_nothing(tmp_path, localai_home):
+    from typer.testing import CliRunner
+
+    from localai.cli import app
+
+    gguf = write_tiny_gguf(tmp_path / "model.gguf")
+    gguf.write_bytes(gguf.read_bytes()[:-100])
+    done = CliRunner().invoke(app, ["download", str(gguf)])
+    assert done.exit_code == 1 and done.stdout == ""
+    line = one_error_line(done.stderr)
+    assert f"{gguf} is a damaged or truncated GGUF file" in line and "Delete it" in line
+    assert [p for p in localai_home.rglob("*") if p.is_file()] == []
+
+
+def test_a_damaged_cached_gguf_is_downloaded_again_or_named_offline(tmp_path):
+    repo = tmp_path / "gguf-repo"
+    repo.mkdir()
+    whole = write_tiny_gguf(repo / "model-F16.gguf").read_bytes()
+    with HubServer({"acme/gguf": repo}) as hub:
+        env = online_env(tmp_path, hub.url)
+        args = ("download", "acme/gguf", "--gguf-file", "model-F16.gguf")
+        first = run_cli(*args, env=env)  # fetched, then transformers refuses the toy model
+        assert "transformers cannot convert" in one_error_line(first.stderr)
+        [blob] = (tmp_path / "hf" / "hub" / "models--acme--gguf" / "blobs").iterdir()
+        blob.write_bytes(whole[: len(whole) // 2])  # a disk or copy that cut it short
+
+        offline = run_cli(*args, env=dict(env, HF_HUB_OFFLINE="1"))
+        assert offline.returncode == 1 and offline.stdout == ""
+        line = one_error_line(offline.stderr)
+        assert f"the cached copy of acme/gguf/model-F16.gguf is damaged (its bytes do not match its hash): {blob}" \
+            in line and "Delete that file" in line
+
+        hub.requests.clear()
+        again = run_cli(*args, env=env)
+        assert [r.rsplit("/", 1)[-1] for r in hub.file_gets()] == ["model-F16.gguf"]
+    assert "downloading it again" in again.stderr and "transformers cannot convert" in one_error_line(again.stderr)
+    assert blob.read_bytes() == whole
+

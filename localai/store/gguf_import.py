@@ -26,7 +26,8 @@ def check_gguf(path: Path) -> None:
 
 
 def gguf_quantization(path: Path) -> str:
-    """The file's quantization as llama.cpp names it (e.g. 'Q4_1'); 'unknown' when not recorded."""
+    """The file's quantization as llama.cpp names it (e.g. 'Q4_1'); 'unknown' when not recorded.
+    Reading it parses every tensor's extent, so a truncated file is found here, before converting."""
     from gguf import GGUFReader, LlamaFileType
 
     try:
@@ -34,8 +35,9 @@ def gguf_quantization(path: Path) -> str:
         if field is None:
             return "unknown"
         name = LlamaFileType(int(field.parts[field.data[0]][0])).name
-    except (ValueError, KeyError, IndexError) as exc:
-        raise LocalaiError(f"{path} is a damaged GGUF file ({exc})", "Download it again") from exc
+    except (ValueError, KeyError, IndexError, OSError) as exc:  # the reader's words for a short or bad file
+        raise LocalaiError(f"{path} is a damaged or truncated GGUF file (the GGUF reader says: {exc})",
+                           "Delete it and get a complete copy") from exc
     return name.removeprefix("MOSTLY_")
 
 

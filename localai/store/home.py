@@ -70,6 +70,14 @@ def folder_size(path: Path) -> int:
     return total
 
 
+def hash_file(path: Path, digest) -> str:
+    """The hex digest of a file's bytes fed to `digest` (a hashlib object, possibly already primed)."""
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def writable_models_dir() -> Path:
     """Create LOCALAI_HOME/models if needed; a one-line error when that is not possible."""
     folder = models_dir()

@@ -15,6 +15,7 @@ from typing import Iterable, Optional
 
 from localai.errors import LocalaiError
 from localai.settings import hub_offline
+from localai.store.home import hash_file
 from localai.store.model_folder import PICKLE_PATTERNS, missing_part
 
 HUB_TIMEOUT_S = 5.0  # first contact with the hub: an unreachable hub is reported after this long
@@ -23,6 +24,8 @@ DEFAULT_REVISION = "main"
 # what it takes to run a model: weights, configs, tokenizer files
 RUN_PATTERNS = ("*.safetensors", "*.json", "*.jinja", "*.model", "*.tiktoken", "vocab.txt", "merges.txt")
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+SHA256_NAME = re.compile(r"^[0-9a-f]{64}$")  # cache blobs of large (LFS) files are named by their SHA-256
+GIT_SHA1_NAME = re.compile(r"^[0-9a-f]{40}$")  # ... of small files, by their git blob id
 
 
 class HubUnavailable(Exception):
@@ -158,8 +161,25 @@ def cached_file(repo_id: str, filename: str, revision: Optional[str] = None) -> 
     return Path(found) if isinstance(found, str) else None
 
 
-def _download(repo_id: str, files: list[str], sizes: dict[str, int], revision: Optional[str]) -> list[Path]:
-    """Fetch `files` into the HF cache (complete files are skipped) with one progress bar on stderr."""
+def damaged_blob(path: Path) -> Optional[Path]:
+    """The cache blob behind `path` when its bytes do not match the hash it is named by (truncated or
+    corrupted on disk), else None. Blobs named otherwise cannot be checked and count as whole."""
+    import hashlib
+
+    blob = Path(path).resolve()
+    if SHA256_NAME.match(blob.name):
+        digest = hashlib.sha256()
+    elif GIT_SHA1_NAME.match(blob.name):
+        digest = hashlib.sha1(f"blob {blob.stat().st_size}\0".encode())
+    else:
+        return None
+    return blob if hash_file(blob, digest) != blob.name else None
+
+
+def _download(repo_id: str, files: list[str], sizes: dict[str, int], revision: Optional[str],
+              force: bool = False) -> list[Path]:
+    """Fetch `files` into the HF cache (complete files are skipped unless `force`) with one progress bar
+    on stderr."""
     from huggingface_hub import hf_hub_download
 
     from localai.console import progress
@@ -174,7 +194,7 @@ def _download(repo_id: str, files: list[str], sizes: dict[str, int], revision: O
             try:
                 local = hf_hub_download(repo_id, name, revision=revision or DEFAULT_REVISION,
                                         cache_dir=hub_cache_dir(), tqdm_class=file_bar,
-                                        etag_timeout=HUB_TIMEOUT_S)
+                                        etag_timeout=HUB_TIMEOUT_S, force_download=force)
             except Exception as exc:
                 if is_unreachable_error(exc):
                     raise LocalaiError(f"the download of {repo_id} ({name}) was cut off: {exc}",
@@ -194,11 +214,11 @@ def download_snapshot(repo_id: str, revision: Optional[str] = None, include: Ite
     return first.parents[len(Path(files[0]).parts) - 1]
 
 
-def download_file(repo_id: str, filename: str, revision: Optional[str] = None) -> Path:
-    """Fetch one file (e.g. a .gguf) into the HF cache; return its local path."""
+def download_file(repo_id: str, filename: str, revision: Optional[str] = None, force: bool = False) -> Path:
+    """Fetch one file (e.g. a .gguf) into the HF cache, again when `force`; return its local path."""
     sizes = remote_files(repo_id, revision)
     if filename not in sizes:
         ggufs = [n for n in sizes if n.endswith(".gguf")]
         raise LocalaiError(f"{repo_id} has no file {filename!r}",
                            f"Choose one of: {', '.join(ggufs[:8])}" if ggufs else "Check the file name")
-    return _download(repo_id, [filename], sizes, revision)[0]
+    return _download(repo_id, [filename], sizes, revision, force)[0]

@@ -116,21 +116,46 @@ def _hub_unavailable_error(repo_id: str, state: str) -> LocalaiError:
                         "(use --offline or HF_HUB_OFFLINE=1 to stop trying the hub)")
 
 
+def _damaged_cache_error(blob: Path, what: str) -> LocalaiError:
+    return LocalaiError(f"the cached copy of {what} is damaged (its bytes do not match its hash): {blob}",
+                        "Delete that file, then run the command again with the network on to download it again")
+
+
+def _hub_gguf_file(repo_id: str, gguf_file: str, revision: Optional[str]) -> Path:
+    """The .gguf in the HF cache, downloaded when absent and downloaded again when the cached copy is
+    damaged (as `ollama pull` does with a blob whose SHA-256 is wrong); offline, a damaged copy is an error."""
+    from localai.console import warn
+    from localai.settings import hub_offline
+    from localai.store.hub import HubUnavailable, cached_file, damaged_blob, download_file
+
+    what = f"{repo_id}/{gguf_file}"
+    local = cached_file(repo_id, gguf_file, revision)
+    damaged = damaged_blob(local) if local is not None else None
+    if local is not None and damaged is None:
+        return local
+    if damaged is not None:
+        if hub_offline():
+            raise _damaged_cache_error(damaged, what)
+        warn(f"the cached copy of {what} is damaged ({damaged}); downloading it again")
+    try:
+        local = download_file(repo_id, gguf_file, revision, force=damaged is not None)
+    except HubUnavailable as exc:
+        raise (_damaged_cache_error(damaged, what) if damaged is not None
+               else _hub_unavailable_error(what, exc.reason)) from exc
+    if damaged_blob(local) is not None:
+        raise LocalaiError(f"the download of {what} is damaged (its bytes do not match its hash)",
+                           "Run the same command again")
+    return local
+
+
 def _resolve_hub_gguf(ref: ModelRef, gguf_file: str, revision: Optional[str]) -> Path:
     from localai.store.gguf_import import import_gguf, imported_from
-    from localai.store.hub import HubUnavailable, cached_file, download_file
 
     name, source = hub_gguf_name(ref.repo_id, gguf_file), hub_gguf_source(ref.repo_id, gguf_file)
     existing = imported_from(name, source)
     if existing is not None:
         return existing
-    local = cached_file(ref.repo_id, gguf_file, revision)
-    if local is None:
-        try:
-            local = download_file(ref.repo_id, gguf_file, revision)
-        except HubUnavailable as exc:
-            raise _hub_unavailable_error(f"{ref.repo_id}/{gguf_file}", exc.reason) from exc
-    return import_gguf(local, name, source=source)
+    return import_gguf(_hub_gguf_file(ref.repo_id, gguf_file, revision), name, source=source)
 
 
 def _resolve_hub(ref: ModelRef, revision: Optional[str], refresh: bool, include: Iterable[str],

