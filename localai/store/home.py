@@ -121,7 +121,7 @@ def _process_alive(pid: int) -> bool:
 
 
 def _abandoned(entry: Path) -> bool:
-    """A staging folder whose process is gone (or, made on another machine, untouched for a week)."""
+    """A staging folder whose process (on this machine) is gone, or that nobody touched for a week."""
     if not entry.name.startswith(STAGING_PREFIX) or not entry.is_dir():
         return False
     owner = entry.name[len(STAGING_PREFIX):].split("-", 1)[0]
