@@ -109,7 +109,7 @@ def import_gguf(gguf_path: Path, name: str, source: Optional[str] = None, **extr
     """
     from localai.console import note, verbose
 
-    gguf_path = Path(gguf_path).expanduser().resolve()
+    gguf_path = Path(gguf_path).expanduser().absolute()  # not resolved: a cache link keeps its file name
     source = source or file_source(gguf_path)
     existing = imported_from(name, source)
     if existing is not None:
