@@ -53,8 +53,6 @@ def read_text(path: Path | None) -> str:
 
 def eval_windows(tokenizer, text: str, windows: int, ctx: int):
     """Token windows for the protocol: LongTensor [W, ctx] from the first EVAL_CHARS characters."""
-    import torch
-
     if windows < 1 or ctx < 2:
         raise LocalaiError(f"need at least 1 window of at least 2 tokens, got {windows} x {ctx}",
                            "use --windows >= 1 and --ctx >= 2")
