@@ -6,6 +6,7 @@ FAKE_WORKER in its environment says how it behaves:
   silent-repeat      says ready, then never answers `go`
   half-line          writes part of its ready line and never finishes it
   dies-leaving-pipe  exits with code 3 while a child of its own keeps the protocol pipe open
+  fails              reports an error instead of ready, as a worker whose model fails to load does
 The silent ones (and that child) give up after HANG_S, so a launcher that waits for them fails a test instead of hanging it.
 """
 
@@ -39,6 +40,9 @@ def main() -> None:
     if behaviour == "dies-leaving-pipe":  # the child inherits stdin and stdout; it ends when stdin closes
         subprocess.Popen([sys.executable, "-c", f"import select, sys; select.select([sys.stdin], [], [], {HANG_S})"])
         sys.exit(3)
+    if behaviour == "fails":
+        send(json.dumps({"event": "error", "message": "out of memory loading the model"}) + "\n")
+        sys.exit(1)
     if behaviour == "silent-loading":
         time.sleep(HANG_S)
         return

@@ -65,6 +65,12 @@ def test_a_worker_that_dies_is_reported_while_the_others_still_work():
     assert fake_workers_left() == []
 
 
+def test_a_worker_error_is_one_line_naming_the_worker():
+    with pytest.raises(LocalaiError, match=r"^benchmark replica 1 \(pid \d+\): out of memory loading the model$"):
+        launch_fakes(["ok", "fails"], PATIENT)
+    assert fake_workers_left() == []
+
+
 def test_limits_grow_with_the_tokens_a_worker_generates(monkeypatch):
     deadlines = Deadlines(timeout_s=10, per_token_s=1.0)
     assert deadlines.repeat(spec([0, 1, 2])) == 10 + 3 * 2

@@ -152,7 +152,7 @@ class _Worker:
             message = None
         event = message.get("event") if isinstance(message, dict) else None
         if event == "error":
-            raise LocalaiError(str(message.get("message")))
+            raise LocalaiError(f"{self.name}: {message.get('message')}")
         if event != expected:
             raise LocalaiError(f"{self.name} sent {(event or line[:60])!r} instead of {expected!r}")
         return message
