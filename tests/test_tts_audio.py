@@ -125,8 +125,17 @@ def test_no_playback_device_needs_out_or_warns(no_speaker, tmp_path):
 
 
 def test_unwritable_out_path_is_a_clear_error(tmp_path):
-    with pytest.raises(LocalaiError, match="cannot write"):
+    with pytest.raises(LocalaiError, match="cannot write") as excinfo:
         AudioOutput(16000, out_path=tmp_path / "missing" / "a.wav")
+    assert "No such file or directory" in excinfo.value.message and ".tmp" not in excinfo.value.message
+
+
+def test_out_path_that_is_a_folder_is_refused_before_speaking(tmp_path):
+    folder = tmp_path / "out"
+    folder.mkdir()
+    with pytest.raises(LocalaiError, match="it is a folder"):
+        AudioOutput(16000, out_path=folder)
+    assert list(tmp_path.iterdir()) == [folder]  # no temporary file beside it
 
 
 def test_session_speaks_streamed_text_into_a_wav(tmp_path):

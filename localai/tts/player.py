@@ -52,13 +52,17 @@ class WavWriter:
         import soundfile
 
         self.path = Path(path)
+        if self.path.is_dir():
+            raise LocalaiError(f"cannot write {self.path}: it is a folder",
+                               f"name a file, e.g. {self.path / 'speech.wav'}")
         self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:
-            self.file = soundfile.SoundFile(str(self.tmp), "w", samplerate=sample_rate, channels=1,
-                                            subtype="PCM_16", format="WAV")
-        except (RuntimeError, OSError) as exc:  # soundfile reports a missing folder as RuntimeError
-            raise LocalaiError(f"cannot write {self.path}: {str(exc).splitlines()[0]}",
+            self.handle = open(self.tmp, "wb")  # opened here so that the reason for a failure is the OS's
+        except OSError as exc:
+            raise LocalaiError(f"cannot write {self.path}: {exc.strerror or exc}",
                                "check that the folder exists and is writable") from None
+        self.file = soundfile.SoundFile(self.handle, "w", samplerate=sample_rate, channels=1,
+                                        subtype="PCM_16", format="WAV")
         self.samples = 0
 
     def write(self, chunk: np.ndarray) -> None:
@@ -66,12 +70,19 @@ class WavWriter:
         self.samples += len(chunk)
 
     def close(self) -> None:
-        self.file.close()
-        os.replace(self.tmp, self.path)
+        try:
+            self.file.close()
+            self.handle.close()
+            os.replace(self.tmp, self.path)
+        except OSError as exc:
+            self.tmp.unlink(missing_ok=True)
+            raise LocalaiError(f"cannot write {self.path}: {exc.strerror or exc}",
+                               "check that the folder is writable and has space") from None
 
     def discard(self) -> None:
         try:
             self.file.close()
+            self.handle.close()
         finally:
             self.tmp.unlink(missing_ok=True)
 
