@@ -1,6 +1,7 @@
 """Fallback engine, audio output, speech sessions and `localai speak` (no sound card needed)."""
 
 import json
+import signal
 import sys
 import threading
 from pathlib import Path
@@ -184,6 +185,22 @@ def test_abort_stops_synthesis_and_playback_and_keeps_the_file(tmp_path):
     assert [t["text"] for t in session.timings] == []  # neither sentence finished
     audio, _ = soundfile.read(tmp_path / "c.wav", dtype="float32")
     assert 0 < len(audio) < 200 * 160
+
+
+def test_ctrl_c_while_close_waits_stops_the_speech_and_finishes_the_file(tmp_path):
+    engine, fake = SlowEngine(), FakeSpeaker()
+    output = AudioOutput(16000, speaker=fake, out_path=tmp_path / "e.wav")
+    session = SpeechSession(engine, "v", output)
+    session.feed("A sentence that takes a long time to say. And another one that is never spoken.")
+    session.finish()
+    assert engine.started.wait(5)
+    threading.Timer(0.2, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT)).start()
+    with pytest.raises(KeyboardInterrupt):
+        session.close()  # e.g. chat waiting for the last sentences of its answer
+    assert fake.aborted and fake.closed and not session._worker.is_alive()
+    audio, _ = soundfile.read(tmp_path / "e.wav", dtype="float32")
+    assert 0 < len(audio) < 200 * 160
+    assert not list(tmp_path.glob(".*tmp"))
 
 
 def test_after_an_abort_the_next_answer_is_spoken(tmp_path):

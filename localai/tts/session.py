@@ -57,7 +57,16 @@ class SpeechSession:
         self.output.interrupt()
 
     def close(self) -> None:
-        """Wait until everything queued was spoken, then release the audio device and finish the file."""
+        """Wait until everything queued was spoken, then release the audio device and finish the file.
+        Ctrl-C while waiting stops the speech, finishes the file with what was spoken and is raised again."""
+        try:
+            self._wait_and_release()
+        except KeyboardInterrupt:
+            self.abort()
+            self._wait_and_release()
+            raise
+
+    def _wait_and_release(self) -> None:
         if self._worker.is_alive():
             self._queue.put(_END)
             self._worker.join()
