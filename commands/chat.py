@@ -69,6 +69,8 @@ def main(
     try:
         if piped is not None:
             repl.answer(piped)
+            if repl.interrupted:  # the one answer asked for was cut short: not a success
+                raise typer.Exit(130)
             return
         save_line_history = enable_line_editing(localai_home() / "chat_history")
         try:

@@ -71,6 +71,26 @@ def test_history_file_carries_the_conversation_across_runs(tiny_llama, engine, t
     assert not list(tmp_path.glob(".*tmp"))
 
 
+def test_ctrl_c_during_a_piped_answer_exits_130_and_keeps_the_partial_answer(tiny_llama, tmp_path, localai_home,
+                                                                             monkeypatch):
+    from localai.engine.api import Engine
+
+    real_stream = Engine.stream
+
+    def stream_then_ctrl_c(self, *args, **kwargs):
+        for i, event in enumerate(real_stream(self, *args, **kwargs)):
+            if i == 2:
+                raise KeyboardInterrupt
+            yield event
+
+    monkeypatch.setattr(Engine, "stream", stream_then_ctrl_c)
+    history = tmp_path / "talk.json"
+    result = chat(tiny_llama, "--temperature", 0, "--max-new-tokens", 20, "--history", history, input="Hello\n")
+    assert result.exit_code == 130
+    assert result.stdout.strip()  # what was generated before Ctrl-C
+    assert json.loads(history.read_text())["messages"][-1]["content"].strip() == result.stdout.strip()
+
+
 def test_empty_pipe_is_a_usage_error(tiny_llama, localai_home):
     result = chat(tiny_llama, input="")
     assert result.exit_code == 2 and result.stdout == ""

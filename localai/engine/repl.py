@@ -38,6 +38,7 @@ class ChatRepl:
         self.notice = notice
         self.write = write or _stdout_write
         self.turns = 0
+        self.interrupted = False  # the last answer was stopped by Ctrl-C
 
     # --- one answer --------------------------------------------------------------------
     def answer(self, text: str) -> str:
@@ -55,6 +56,7 @@ class ChatRepl:
         self.turns += 1
         request = Request(prompt_ids=ids, params=params, id=self.turns, prompt=text)
         pieces: list[str] = []
+        self.interrupted = False
         try:
             for event in self.engine.stream([request], plan=self.plan):
                 if event.text:
@@ -68,6 +70,7 @@ class ChatRepl:
                 sink.abort()
             self.write("\n")
             self.notice("(stopped)")
+            self.interrupted = True
         finally:
             self.conversation.add("assistant", "".join(pieces))
         self._autosave()
