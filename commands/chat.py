@@ -55,18 +55,18 @@ def main(
 
         raise LocalaiError(f"{model} has no chat template, so it cannot hold a conversation",
                            "for plain text completion use `localai generate MODEL --raw PROMPT`")
-    plan = engine.plan_for([Request([0])], batch_size=1, max_ctx=context)
-    if plan.max_ctx <= max_new_tokens:
-        raise UsageError(f"--max-new-tokens {max_new_tokens} leaves no room for the prompt in a "
-                         f"{plan.max_ctx}-token context", "lower --max-new-tokens")
     speech = None
-    if speak or speak_out:
+    if speak or speak_out:  # before the memory plan: what the speech model takes is not there for the cache
         from localai.tts.session import start_speech
 
         speech = start_speech(voice=voice, out_path=Path(speak_out) if speak_out else None, play=speak_out is None)
-    repl = ChatRepl(engine, conversation, params, plan, history_file=Path(history) if history else None,
-                    notice=note, tee=[speech] if speech else None)
     try:
+        plan = engine.plan_for([Request([0])], batch_size=1, max_ctx=context)
+        if plan.max_ctx <= max_new_tokens:
+            raise UsageError(f"--max-new-tokens {max_new_tokens} leaves no room for the prompt in a "
+                             f"{plan.max_ctx}-token context", "lower --max-new-tokens")
+        repl = ChatRepl(engine, conversation, params, plan, history_file=Path(history) if history else None,
+                        notice=note, tee=[speech] if speech else None)
         if piped is not None:
             repl.answer(piped)
             if repl.interrupted:  # the one answer asked for was cut short: not a success

@@ -36,3 +36,18 @@ def test_chat_speak_without_audio_device_warns_and_still_answers(tiny_llama, loc
     assert result.stdout.strip()
     stderr = " ".join(result.stderr.split())  # the console wraps long lines
     assert "no audio playback" in stderr and "--speak-out FILE.wav" in stderr
+
+
+def test_chat_speak_loads_speech_before_planning_the_cache(tiny_llama, tmp_path, localai_home, monkeypatch):
+    """The cache is sized from the memory left: a speech model loaded after that would not fit."""
+    from localai.engine.api import Engine
+    from localai.tts import session
+
+    steps = []
+    real_plan, real_start = Engine.plan_for, session.start_speech
+    monkeypatch.setattr(Engine, "plan_for", lambda self, *a, **k: steps.append("plan") or real_plan(self, *a, **k))
+    monkeypatch.setattr(session, "start_speech", lambda *a, **k: steps.append("speech") or real_start(*a, **k))
+    result = runner.invoke(app, ["--device", "cpu", "chat", str(tiny_llama), "--speak-out", str(tmp_path / "b.wav"),
+                                 "--max-new-tokens", "4"], input="Hi\n")
+    assert result.exit_code == 0, result.stderr
+    assert steps[:2] == ["speech", "plan"]
