@@ -215,6 +215,23 @@ def test_after_an_abort_the_next_answer_is_spoken(tmp_path):
     assert fake.stopped and rms(fake.audio) > 0.02
 
 
+def test_a_chunk_on_its_way_to_the_player_when_ctrl_c_comes_is_not_played():
+    fake = FakeSpeaker()
+    output = AudioOutput(16000, speaker=fake)
+    session = SpeechSession(PicoEngine(), "en-US", output)
+    hand_over = output.write
+
+    def ctrl_c_then_write(chunk, **kwargs):
+        session.abort()  # Ctrl-C lands after the session checked for it, before the chunk is queued
+        hand_over(chunk, **kwargs)
+
+    output.write = ctrl_c_then_write
+    session.feed("This sentence was synthesized just before Ctrl-C.")
+    session.finish()
+    session.close()
+    assert fake.chunks == [] and fake.aborted
+
+
 def test_interrupt_cuts_playback_between_slices():
     fake = FakeSpeaker(seconds_per_sample=0.2 / 16000)  # plays 5x faster than real time
     output = AudioOutput(16000, speaker=fake)

@@ -105,11 +105,19 @@ class AudioOutput:
     def seconds(self) -> float:
         return self.samples / self.sample_rate
 
-    def write(self, chunk) -> None:
-        """Queue a chunk (float32 mono; numpy array or CPU/GPU tensor)."""
+    @property
+    def epoch(self) -> int:
+        """Changes at every interrupt(); a chunk written with an older one is dropped."""
+        return self._epoch
+
+    def write(self, chunk, epoch: int | None = None) -> None:
+        """Queue a chunk (float32 mono; numpy array or CPU/GPU tensor). `epoch`: `self.epoch` as
+        the writer saw it before making the chunk (default: now), so that an interrupt() that
+        comes while the chunk is on its way drops it too."""
         if hasattr(chunk, "detach"):
             chunk = chunk.detach().float().cpu().numpy()
-        self._queue.put((self._epoch, np.ascontiguousarray(chunk, dtype=np.float32).reshape(-1)))
+        epoch = self._epoch if epoch is None else epoch
+        self._queue.put((epoch, np.ascontiguousarray(chunk, dtype=np.float32).reshape(-1)))
 
     def interrupt(self) -> None:
         """Drop what is queued and cut the sound within ~0.1 s; the output stays open (Ctrl-C in a chat)."""

@@ -94,12 +94,15 @@ class SpeechSession:
             return
         start = time.perf_counter()
         first_audio, samples = None, 0
+        # read after this sentence's epoch was checked: abort() bumps ours first, then the output's,
+        # so a Ctrl-C between the check below and write() is caught by one or the other
+        output_epoch = self.output.epoch
         for chunk in self.engine.stream(text, self.voice, should_stop=lambda: epoch != self._epoch):
             if epoch != self._epoch:
                 return
             first_audio = first_audio or time.perf_counter()
             samples += len(chunk)
-            self.output.write(chunk)
+            self.output.write(chunk, epoch=output_epoch)
         done = time.perf_counter()
         audio_s = samples / self.engine.sample_rate
         self.timings.append({
