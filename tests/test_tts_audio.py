@@ -105,6 +105,22 @@ def test_playback_goes_through_the_output_stream_in_order():
     assert output.seconds == 500 / 16000
 
 
+def test_a_writer_far_ahead_of_the_speaker_waits():
+    fake = FakeSpeaker(seconds_per_sample=1 / 16000)  # plays in real time
+    output = AudioOutput(16000, speaker=fake, max_queued_s=0.5)
+    epoch = output.epoch
+    writer = threading.Thread(target=lambda: [output.write(np.full(4000, 0.1, np.float32), epoch=epoch)
+                                              for _ in range(40)])
+    writer.start()  # 10 s of audio, synthesized much faster than it plays
+    writer.join(0.5)
+    assert writer.is_alive() and output._queued <= 8000 + 4000
+    output.interrupt()  # what is queued and what is still to come is dropped, which makes room at once
+    writer.join(5)
+    assert not writer.is_alive()
+    output.close()
+    assert len(fake.audio) < 16000 * 10
+
+
 def test_a_failing_device_stops_playback_but_not_the_file(tmp_path):
     fake = FakeSpeaker(fail_after=1)
     output = AudioOutput(16000, speaker=fake, out_path=tmp_path / "a.wav")

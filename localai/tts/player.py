@@ -1,7 +1,7 @@
 """Audio output on a background thread fed by a queue: a sound card stream, a WAV file, or both.
 
     output = open_output(16000, play=True, out_path=Path("a.wav"))
-    output.write(chunk)      # float32 mono in [-1, 1]; returns at once
+    output.write(chunk)      # float32 mono in [-1, 1]; waits only while ~30 s of audio is queued
     output.interrupt()       # Ctrl-C: drop what is queued, cut the sound, stay open
     output.close()           # waits until everything queued was played and written
 
@@ -24,6 +24,8 @@ from localai.console import warn
 from localai.errors import LocalaiError
 
 _END = None
+MAX_QUEUED_S = 30.0  # audio waiting for the speaker; a writer further ahead waits (a long text is not
+                     # synthesized into memory hours ahead of what is played)
 
 
 class PlaybackUnavailable(LocalaiError):
@@ -88,9 +90,13 @@ class WavWriter:
 
 
 class AudioOutput:
-    def __init__(self, sample_rate: int, speaker=None, out_path: Path | None = None):
+    def __init__(self, sample_rate: int, speaker=None, out_path: Path | None = None,
+                 max_queued_s: float = MAX_QUEUED_S):
         """`speaker`: a started output stream (write/start/stop/abort/close), or None for no playback."""
         self.sample_rate = sample_rate
+        self.max_queued = int(max_queued_s * sample_rate)
+        self._queued = 0  # samples written and not yet taken by the player thread
+        self._room = threading.Condition()
         self.wav = WavWriter(out_path, sample_rate) if out_path else None
         self.speaker = speaker
         self.samples = 0  # taken so far, at sample_rate
@@ -117,7 +123,12 @@ class AudioOutput:
         if hasattr(chunk, "detach"):
             chunk = chunk.detach().float().cpu().numpy()
         epoch = self._epoch if epoch is None else epoch
-        self._queue.put((epoch, np.ascontiguousarray(chunk, dtype=np.float32).reshape(-1)))
+        chunk = np.ascontiguousarray(chunk, dtype=np.float32).reshape(-1)
+        with self._room:
+            while self._queued >= self.max_queued and self._thread.is_alive():
+                self._room.wait(0.1)
+            self._queued += len(chunk)
+        self._queue.put((epoch, chunk))
 
     def interrupt(self) -> None:
         """Drop what is queued and cut the sound within ~0.1 s; the output stays open (Ctrl-C in a chat)."""
@@ -147,6 +158,9 @@ class AudioOutput:
             if item is _END:
                 return
             epoch, chunk = item
+            with self._room:
+                self._queued -= len(chunk)
+                self._room.notify_all()
             if epoch != self._epoch:
                 continue
             self.samples += len(chunk)

@@ -93,7 +93,7 @@ class SpeechSession:
         if not text:
             return
         start = time.perf_counter()
-        first_audio, samples = None, 0
+        first_audio, samples, held = None, 0, 0.0  # held: waiting for the player to make room
         # read after this sentence's epoch was checked: abort() bumps ours first, then the output's,
         # so a Ctrl-C between the check below and write() is caught by one or the other
         output_epoch = self.output.epoch
@@ -102,17 +102,20 @@ class SpeechSession:
                 return
             first_audio = first_audio or time.perf_counter()
             samples += len(chunk)
+            handed = time.perf_counter()
             self.output.write(chunk, epoch=output_epoch)
+            held += time.perf_counter() - handed
         done = time.perf_counter()
+        synth_s = done - start - held
         audio_s = samples / self.engine.sample_rate
         self.timings.append({
             "text": text,
             "queued_at_s": round(queued_at - self._started, 4),
             "wait_s": round(start - queued_at, 4),  # behind earlier sentences
             "first_audio_s": round((first_audio or done) - start, 4),
-            "synth_s": round(done - start, 4),
+            "synth_s": round(synth_s, 4),
             "audio_s": round(audio_s, 4),
-            "real_time_factor": round((done - start) / audio_s, 4) if audio_s else None,
+            "real_time_factor": round(synth_s / audio_s, 4) if audio_s else None,
         })
 
 
