@@ -38,6 +38,15 @@ def test_quotes_and_brackets_stay_with_their_sentence():
     ]
 
 
+@pytest.mark.parametrize("step", [1, 1000])
+def test_chinese_japanese_hindi_and_arabic_sentence_ends(step):
+    assert split_streamed("今天天气很好。我们去公园吧！你觉得怎么样？他说「好。」然后走了。", step, min_chars=1) == [
+        "今天天气很好。", "我们去公园吧！", "你觉得怎么样？", "他说「好。」", "然后走了。"]
+    assert split_streamed("これはペンです。あれは本です。", step, min_chars=1) == ["これはペンです。", "あれは本です。"]
+    assert split_streamed("यह पहला वाक्य है। यह दूसरा वाक्य है।", step) == ["यह पहला वाक्य है।", "यह दूसरा वाक्य है।"]
+    assert split_streamed("هل أنت بخير؟ نعم، أنا بخير.", step, min_chars=1) == ["هل أنت بخير؟", "نعم، أنا بخير."]
+
+
 def test_a_final_period_waits_for_the_next_character():
     splitter = SentenceSplitter(min_chars=1)
     assert splitter.feed("The value is 3.") == []

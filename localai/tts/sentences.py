@@ -1,7 +1,8 @@
 """Streaming sentence splitter: text deltas in, whole sentences out, as soon as they are certain.
 
 A sentence ends at . ! ? or … followed by whitespace (closing quotes and brackets stay with
-it), or at a line break. Not at abbreviations ("Dr.", "e.g."), initials ("J. K."),
+it), at the Devanagari danda । and the Arabic ؟ likewise, at the full-width 。！？ even
+without a space (Chinese, Japanese), or at a line break. Not at abbreviations ("Dr.", "e.g."), initials ("J. K."),
 decimals ("3.14"), list numbers ("2. item"). A period at the very end of the text seen so
 far waits for the next character. Sentences shorter than `min_chars` are held and joined
 with the next one; fenced code blocks stay whole; `flush()` returns whatever is left.
@@ -15,8 +16,9 @@ ABBREVIATIONS = frozenset(
     "mr mrs ms dr prof sr jr st mt vs etc e.g i.e eg ie cf al approx no nos fig figs vol p pp ch sec dept est "
     "inc ltd co corp jan feb mar apr jun jul aug sep sept oct nov dec mon tue wed thu fri sat sun u.s a.m p.m".split()
 )
-TERMINATORS = ".!?…"
-CLOSERS = "\"')]}”’»"
+WIDE_TERMINATORS = "。！？｡"  # end a sentence without a space after them
+TERMINATORS = ".!?…।॥؟" + WIDE_TERMINATORS
+CLOSERS = "\"')]}”’»」』）】》〕"
 FENCE = "```"
 
 
@@ -54,7 +56,8 @@ def find_boundary(text: str) -> int | None:
                 end += 1
             if end == n:
                 return None  # the next character decides
-            if text[end].isspace() and not (char == "." and end == i + 1 and _is_false_stop(text, i)):
+            if char in WIDE_TERMINATORS or (
+                    text[end].isspace() and not (char == "." and end == i + 1 and _is_false_stop(text, i))):
                 return end
             i = end
             continue
