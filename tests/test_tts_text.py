@@ -86,6 +86,27 @@ def test_numbers_are_said_in_english():
                       "one thousand items at minus four degrees, version three point ten point two.")
 
 
+@pytest.mark.parametrize("written, spoken", [
+    ("3.5GB of RAM, 5kg, 1.5x faster, 4K", "three point five GB of RAM, five kg, one point five x faster, four K"),
+    ("from 1990-2000, pages 10-20, 1.5–2.5 kg", "from one thousand nine hundred ninety to two thousand, pages ten to "
+                                              "twenty, one point five to two point five kg"),
+    ("It ended 3-2.", "It ended three two."),
+    ("$1.00, $0.99, $0.01, $5.5, -$5",
+     "one dollar, ninety-nine cents, one cent, five point five dollars, minus five dollars"),
+    ("$5 million and €2.5bn", "five million dollars and two point five billion euros"),
+    ("On 2024-03-15 at 9:05, 10:30 pm or 12:00", "On March fifteenth, twenty twenty-four at nine oh five, "
+                                                 "ten thirty pm or twelve o'clock"),
+    ("the 1990s and the 80s", "the nineteen nineties and the eighties"),
+    ("a .5 chance", "a point five chance"),
+])
+def test_numbers_with_units_ranges_money_dates_and_times(written, spoken):
+    assert prepare_for_speech(written) == spoken
+
+
+def test_control_characters_and_undecodable_bytes_are_not_spoken():
+    assert prepare_for_speech("Hello \ufffd\ufffd world.\x00\x01\x7f") == "Hello world."
+
+
 def test_numbers_stay_digits_for_other_languages():
     assert prepare_for_speech("Il a 3 chats.", "fr") == "Il a 3 chats."
 

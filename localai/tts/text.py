@@ -29,12 +29,21 @@ _TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
 _SCALES = ((10 ** 12, "trillion"), (10 ** 9, "billion"), (10 ** 6, "million"), (1000, "thousand"))
 _ORDINAL_WORDS = {"one": "first", "two": "second", "three": "third", "five": "fifth", "eight": "eighth",
                   "nine": "ninth", "twelve": "twelfth"}
+_MONTHS = "_ January February March April May June July August September October November December".split()
 _VERSION = re.compile(r"(?<![\w.])\d+(?:\.\d+){2,}(?!\w|\.\d)")
+_ISO_DATE = re.compile(r"(?<![\w.-])(\d{4})-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])(?![\w-])")
+_TIME = re.compile(r"(?<![\w.:])([01]?\d|2[0-3]):([0-5]\d)(?![:\d])(?P<ampm>\s?[AaPp]\.?[Mm]\b)?")
+_DECIMAL = r"(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?"
+_RANGE = re.compile(rf"(?<![\w.,−-])({_DECIMAL})(-|\s?–\s?)({_DECIMAL})(?![\w−-]|[.,]\d)")
+_BARE_FRACTION = re.compile(r"(?<![\w.])\.(\d+)(?![\w.])")  # .5
 _NUMBER = re.compile(
-    r"(?<![\w.])(?P<currency>[$€£])?(?P<sign>(?<![\w.])-)?(?P<int>\d{1,3}(?:,\d{3})+|\d+)(?:\.(?P<frac>\d+))?"
-    r"(?P<ordinal>st|nd|rd|th)?(?P<percent>\s?%)?(?![\w])"
+    r"(?<![\w.])(?P<sign>[-−](?=[$€£]?\d))?(?P<currency>[$€£])?(?P<sign2>(?<=[$€£])[-−])?"
+    r"(?P<int>\d{1,3}(?:,\d{3})+|\d+)(?:\.(?P<frac>\d+))?"
+    r"(?:(?P<scale>\s(?:thousand|million|billion|trillion)\b)|(?P<percent>\s?%)|(?P<suffix>[A-Za-z]+))?(?![\w])"
 )
 _CURRENCY = {"$": ("dollar", "dollars"), "€": ("euro", "euros"), "£": ("pound", "pounds")}
+_CURRENCY_SCALES = {"k": "thousand", "K": "thousand", "M": "million", "B": "billion", "bn": "billion"}
+_UNSPEAKABLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffd]")  # control characters, undecodable bytes
 
 
 def strip_markdown(text: str) -> str:
@@ -85,39 +94,101 @@ def ordinal_words(n: int) -> str:
     return head + sep + last
 
 
+def year_words(n: int) -> str:
+    """1999 -> 'nineteen ninety-nine', 2005 -> 'two thousand five', 1900 -> 'nineteen hundred'."""
+    if not 1000 <= n < 10000 or 2000 <= n < 2010:
+        return integer_words(n)
+    high, low = divmod(n, 100)
+    if low == 0:
+        return f"{integer_words(high)} hundred"
+    return f"{integer_words(high)} " + (f"oh {_ONES[low]}" if low < 10 else integer_words(low))
+
+
+def _is_decade(digits: str) -> bool:
+    """'80' of 'the 80s', '1990' of 'the 1990s'."""
+    return digits.endswith("0") and (len(digits) == 2 or (len(digits) == 4 and 1100 <= int(digits) < 2100))
+
+
+def _plural(words: str) -> str:
+    return words[:-1] + "ies" if words.endswith("y") else words + "s"
+
+
+def _say_date(match: re.Match) -> str:
+    year, month, day = (int(part) for part in match.groups())
+    return f"{_MONTHS[month]} {ordinal_words(day)}, {year_words(year)}"
+
+
+def _say_time(match: re.Match) -> str:
+    hours, minutes = int(match[1]), int(match[2])
+    if minutes == 0:
+        words = integer_words(hours) + ("" if match["ampm"] else " o'clock")
+    else:
+        words = f"{integer_words(hours)} " + (f"oh {_ONES[minutes]}" if minutes < 10 else integer_words(minutes))
+    return words + (f" {match['ampm'].strip()}" if match["ampm"] else "")
+
+
+def _say_range(match: re.Match) -> str:
+    """'10-20' -> '10 to 20' (then said as numbers); '3-2' (a score, say) only loses its hyphen."""
+    low, _, high = match.groups()
+    if len(low) == 3 and len(high) == 4 and "-" in match[2]:  # 555-1234, a phone number: left alone
+        return match[0]
+    return f"{low} to {high}" if float(low.replace(",", "")) < float(high.replace(",", "")) else f"{low} {high}"
+
+
 def _say_number(match: re.Match) -> str:
     digits = match["int"].replace(",", "")
     if len(digits) > 15:
         return " ".join(_ONES[int(d)] for d in digits)
-    value = int(digits)
-    if match["ordinal"] and not match["frac"]:
-        words = ordinal_words(value)
+    value, frac, currency, suffix = int(digits), match["frac"], match["currency"], match["suffix"] or ""
+    cents = int(frac) if currency and frac and len(frac) == 2 else None
+    if suffix in ("st", "nd", "rd", "th") and not frac:
+        words, suffix = ordinal_words(value), ""
+    elif suffix == "s" and _is_decade(match["int"]) and not (frac or currency):
+        words, suffix = _plural(year_words(value)), ""  # the 1990s, the 80s
     else:
         words = integer_words(value)
-        if match["frac"] and not (match["currency"] and len(match["frac"]) == 2):
-            words += " point " + " ".join(_ONES[int(d)] for d in match["frac"])
-    if match["sign"]:
+        if frac and cents is None:
+            words += " point " + " ".join(_ONES[int(d)] for d in frac)
+    scale = (match["scale"] or "").strip() or (_CURRENCY_SCALES.get(suffix, "") if currency else "")
+    if currency:
+        suffix = "" if scale else suffix
+        words = _say_money(words, value, cents, scale, *_CURRENCY[currency])
+    elif scale:
+        words += f" {scale}"
+    if match["sign"] or match["sign2"]:
         words = "minus " + words
     if match["percent"]:
         words += " percent"
-    if match["currency"]:
-        singular, plural = _CURRENCY[match["currency"]]
-        cents = int(match["frac"]) if match["frac"] and len(match["frac"]) == 2 else 0
-        words += " " + (singular if value == 1 and not match["frac"] else plural)
-        if cents:
-            words += f" and {integer_words(cents)} cent" + ("s" if cents > 1 else "")
-    return words
+    return words + (f" {suffix}" if suffix else "")
+
+
+def _say_money(words: str, value: int, cents: int | None, scale: str, singular: str, plural: str) -> str:
+    """$1.00 -> 'one dollar', $0.99 -> 'ninety-nine cents', $5 million -> 'five million dollars'.
+    `words`: the amount without its cents (two digits after the point are cents)."""
+    if scale:
+        return f"{words} {scale} {plural}"
+    cent_words = f"{integer_words(cents)} cent" + ("s" if cents > 1 else "") if cents else ""
+    if value == 0 and cent_words:
+        return cent_words
+    words += " " + (singular if words == "one" else plural)
+    return words + (f" and {cent_words}" if cent_words else "")
 
 
 def verbalize_numbers(text: str) -> str:
-    """'3.5%' -> 'three point five percent', '1,200' -> 'one thousand two hundred', '2nd' -> 'second'."""
+    """'3.5%' -> 'three point five percent', '1,200' -> 'one thousand two hundred', '2nd' -> 'second',
+    '2024-03-15' -> 'March fifteenth, twenty twenty-four', '10:30' -> 'ten thirty', '5-10' -> 'five to ten'."""
     text = _VERSION.sub(lambda m: " point ".join(integer_words(int(p)) for p in m[0].split(".")), text)
+    text = _ISO_DATE.sub(_say_date, text)
+    text = _TIME.sub(_say_time, text)
+    text = _RANGE.sub(_say_range, text)
+    text = _BARE_FRACTION.sub(lambda m: "point " + " ".join(_ONES[int(d)] for d in m[1]), text)
     return _NUMBER.sub(_say_number, text)
 
 
 def prepare_for_speech(text: str, lang: str = "en") -> str:
     """What a speech engine should read aloud ('' when nothing speakable is left)."""
-    text = _LINE_END.sub(". ", strip_markdown(text))  # a line without end punctuation still ends a phrase
+    text = strip_markdown(_UNSPEAKABLE.sub(" ", text))
+    text = _LINE_END.sub(". ", text)  # a line without end punctuation still ends a phrase
     if lang.lower().startswith("en"):
         text = verbalize_numbers(text.replace("&", " and "))
     text = re.sub(r"\s+", " ", text).strip()
