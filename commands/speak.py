@@ -53,6 +53,7 @@ def main(
         raise
     if session.error:
         raise LocalaiError(f"speech failed: {session.error}", "run with --debug, or try --tts fallback")
+    output.raise_if_lost()
     seconds = output.seconds
     if not session.timings:
         warn("nothing to speak")

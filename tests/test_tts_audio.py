@@ -313,6 +313,23 @@ def test_speak_without_audio_device_says_to_use_out(no_speaker, localai_home):
     assert "Traceback" not in result.stderr
 
 
+def test_speak_fails_when_the_wav_cannot_be_written_to_the_end(tmp_path, localai_home, monkeypatch):
+    def disk_full(self, chunk):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(player.WavWriter, "write", disk_full)
+    result = runner.invoke(app, ["speak", "--out", str(tmp_path / "full.wav"), "Hello there."])
+    assert result.exit_code == 1 and "No space left on device" in result.stderr
+    assert list(tmp_path.iterdir()) == []  # neither the file nor its temporary
+
+
+def test_speak_fails_when_playback_stops_and_there_is_no_file(monkeypatch, localai_home):
+    monkeypatch.setattr(player, "open_speaker", lambda rate: FakeSpeaker(fail_after=0))
+    result = runner.invoke(app, ["speak", "Hello there."])
+    assert result.exit_code == 1
+    assert "audio playback failed: device unplugged" in result.stderr and "--out FILE.wav" in result.stderr
+
+
 def test_speak_lists_voices_and_rejects_bad_options(localai_home):
     result = runner.invoke(app, ["speak", "--tts", "fallback", "--list-voices"])
     assert result.exit_code == 0 and "fr-FR" in result.stdout.split()

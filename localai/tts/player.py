@@ -4,6 +4,7 @@
     output.write(chunk)      # float32 mono in [-1, 1]; waits only while ~30 s of audio is queued
     output.interrupt()       # Ctrl-C: drop what is queued, cut the sound, stay open
     output.close()           # waits until everything queued was played and written
+    output.raise_if_lost()   # an error if the file failed, or playback did with no file
 
 No PortAudio or no output device is one line on stderr (an error when there is nowhere
 else for the audio to go); a failure while playing disables the speaker with one warning
@@ -98,8 +99,10 @@ class AudioOutput:
         self._queued = 0  # samples written and not yet taken by the player thread
         self._room = threading.Condition()
         self.wav = WavWriter(out_path, sample_rate) if out_path else None
+        self._out_path = out_path
         self.speaker = speaker
         self.samples = 0  # taken so far, at sample_rate
+        self.failures: dict[str, str] = {}  # "speaker" / "wav" -> why it stopped
         self._epoch = 0  # bumped by interrupt(); chunks queued before it are dropped
         self._silent = False  # interrupted and nothing played since: close() need not drain the device
         self._lock = threading.Lock()  # keeps _epoch and _silent consistent between the two threads
@@ -152,6 +155,16 @@ class AudioOutput:
         if wav is not None:
             wav.close()
 
+    def raise_if_lost(self, out_flag: str = "--out") -> None:
+        """After close(): an error if the WAV file could not be written, or if playback failed
+        and there was no file (the speech went nowhere)."""
+        if "wav" in self.failures:
+            raise LocalaiError(f"the audio file was not written: {self.failures['wav']}",
+                               "check the free space and that the folder is writable")
+        if "speaker" in self.failures and self._out_path is None:
+            raise LocalaiError(f"audio playback failed: {self.failures['speaker']}",
+                               f"use {out_flag} FILE.wav to save the audio instead")
+
     def _run(self) -> None:
         while True:
             item = self._queue.get()
@@ -193,7 +206,9 @@ class AudioOutput:
         try:
             action()
         except Exception as exc:  # a sink that fails is dropped, the answer goes on
-            warn(f"{what} stopped: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            self.failures[sink] = reason
+            warn(f"{what} stopped: {reason}")
             if sink == "speaker":
                 self.speaker = None
             else:
