@@ -168,6 +168,24 @@ def test_ctrl_c_stops_the_answer_but_not_the_session(engine):
     assert len(repl.conversation.messages) == 2  # the partial answer stays in the history
 
 
+def test_an_answer_that_fails_midway_leaves_nothing_in_the_sinks_for_the_next(engine, monkeypatch):
+    sink = RecordingSink()
+    repl, notices, _ = make_repl(engine, new_tokens=20, sink=sink)
+    real_stream = type(engine).stream
+
+    def stream_then_fail(self, *args, **kwargs):
+        for i, event in enumerate(real_stream(self, *args, **kwargs)):
+            if i == 2:
+                raise LocalaiError("out of memory")
+            yield event
+
+    monkeypatch.setattr(type(engine), "stream", stream_then_fail)
+    lines = iter(["Hello", "/exit"])
+    repl.run(lambda prompt: next(lines))
+    assert any("out of memory" in n for n in notices)
+    assert sink.aborted == 1 and sink.finished == 0
+
+
 def test_commands_reset_system_save_load(engine, tmp_path):
     repl, notices, _ = make_repl(engine)
     repl.answer("Hello")

@@ -71,6 +71,10 @@ class ChatRepl:
             self.write("\n")
             self.notice("(stopped)")
             self.interrupted = True
+        except Exception:  # the answer failed: its unfinished sentence must not start the next answer
+            for sink in self.tee:
+                sink.abort()
+            raise
         finally:
             self.conversation.add("assistant", "".join(pieces))
         self._autosave()
