@@ -40,6 +40,7 @@ def main(
             print_data("\n".join(engine.voices()))
         return
     voice_name = engine.resolve_voice(voice, lang)
+    engine.load()
     output = open_output(engine.sample_rate, play=out is None or play, out_path=out)
     session = SpeechSession(engine, voice_name, output, lang=engine.language(voice_name))
     try:

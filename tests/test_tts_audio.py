@@ -366,6 +366,25 @@ def test_speak_with_a_tiny_voxtral_checkpoint(tmp_path, localai_home):
     assert "4-bit TurboQuant" in four_bit.stderr and json.loads(four_bit.stdout)["engine"] == "voxtral"
 
 
+def test_voxtral_voices_are_listed_and_checked_without_loading_the_model(tmp_path, localai_home, monkeypatch):
+    from make_tiny_voxtral import write_tiny_voxtral
+
+    from localai.tts import engines
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(engines, "load_synthesizer", no_load)
+    folder = write_tiny_voxtral(tmp_path / "tiny-voxtral")
+    base = ["--device", "cpu", "speak", "--tts", "voxtral", "--tts-model", str(folder)]
+    listed = runner.invoke(app, base + ["--list-voices", "--json"])
+    assert listed.exit_code == 0, listed.stderr
+    assert json.loads(listed.stdout)["voices"] == ["casual_female", "neutral_male"]
+    mistyped = runner.invoke(app, base + ["--voice", "robot", "--out", str(tmp_path / "x.wav"), "Hi."])
+    assert mistyped.exit_code == 1 and "Voxtral has no voice 'robot'" in mistyped.stderr
+    assert not (tmp_path / "x.wav").exists()
+
+
 def test_start_speech_for_chat_keeps_one_wav_across_answers(no_speaker, tmp_path, localai_home):
     from localai.tts.session import start_speech
 

@@ -5,9 +5,10 @@ GPU is usable, else the offline fallback (PicoTTS). voxtral: Voxtral even on the
 (slower than real time). The choice is said on stderr; the first Voxtral use shows its
 CC BY-NC 4.0 license notice once (remembered under LOCALAI_HOME).
 
-Every engine has: name, label, sample_rate, voices(), resolve_voice(voice, lang),
-language(voice) and stream(text, voice, should_stop) -> iterator of float32 mono chunks
-(should_stop() -> True ends the stream early).
+Every engine has: name, label, voices(), resolve_voice(voice, lang), language(voice),
+load() (the model; Voxtral's is not loaded before), then sample_rate and
+stream(text, voice, should_stop) -> iterator of float32 mono chunks (should_stop() -> True
+ends the stream early).
 """
 
 from __future__ import annotations
@@ -29,17 +30,36 @@ LICENSE_NOTICE = (
 
 
 class VoxtralEngine:
-    name = "voxtral"
-    label = "Voxtral 4B TTS"
+    """The voices are known from the folder; the model itself is loaded by load(), so listing
+    the voices or a mistyped --voice costs no 8 GB load."""
 
-    def __init__(self, synthesizer, device: str, quantized: bool):
-        self.synthesizer = synthesizer
-        self.sample_rate = synthesizer.sample_rate
-        weights = "4-bit TurboQuant" if quantized else str(synthesizer.model.dtype).removeprefix("torch.")
-        self.label = f"Voxtral 4B TTS ({device}, {weights})"
+    name = "voxtral"
+
+    def __init__(self, folder: Path, device: str, quantize: bool = False):
+        self.folder, self.device, self.quantize = folder, device, quantize
+        self.synthesizer = None
+        self.label = "Voxtral 4B TTS"
+        self._voices: list[str] | None = None
+
+    @property
+    def sample_rate(self) -> int:
+        return self.synthesizer.sample_rate  # known once loaded
+
+    def load(self) -> None:
+        """Load the model (once) and say on stderr which one it is."""
+        if self.synthesizer is None:
+            self.synthesizer, quantized = load_synthesizer(self.folder, self.device, self.quantize)
+            weights = "4-bit TurboQuant" if quantized else str(self.synthesizer.model.dtype).removeprefix("torch.")
+            self.label = f"Voxtral 4B TTS ({self.device}, {weights})"
+            info(f"tts: {self.label}")
 
     def voices(self) -> list[str]:
-        return self.synthesizer.voices()
+        if self._voices is None:
+            from localai.tts.voxtral.loader import load_tokenizer, usable_voices
+
+            tokenizer = self.synthesizer.tokenizer if self.synthesizer else load_tokenizer(self.folder)
+            self._voices = usable_voices(self.folder, tokenizer)
+        return self._voices
 
     def resolve_voice(self, voice: str | None, lang: str | None) -> str:
         voices = self.voices()
@@ -87,7 +107,8 @@ def show_license_once() -> None:
         warn(f"could not remember the license notice ({exc})")
 
 
-def load_voxtral(folder: Path, device: str, quantize: bool = False) -> VoxtralEngine:
+def load_synthesizer(folder: Path, device: str, quantize: bool = False):
+    """(VoxtralSynthesizer, whether its weights are 4-bit)."""
     import torch
 
     from localai.tts.voxtral.generate import VoxtralSynthesizer
@@ -107,7 +128,7 @@ def load_voxtral(folder: Path, device: str, quantize: bool = False) -> VoxtralEn
         quantize_voxtral(model, device)
     synthesizer = VoxtralSynthesizer(model, load_tokenizer(folder), folder)
     synthesizer.prepare()
-    return VoxtralEngine(synthesizer, device, quantize or stored_4bit)
+    return synthesizer, quantize or stored_4bit
 
 
 def select_engine(choice: str = "auto", model: str = VOXTRAL_ALIAS, quantize: bool = False):
@@ -139,9 +160,7 @@ def _gpu_usable() -> bool:
 
 
 def _voxtral(folder: Path, quantize: bool) -> VoxtralEngine:
-    engine = load_voxtral(folder, "cuda" if _gpu_usable() else "cpu", quantize)
-    info(f"tts: {engine.label}")
-    return engine
+    return VoxtralEngine(folder, "cuda" if _gpu_usable() else "cpu", quantize)  # loaded by load()
 
 
 def _fallback(reason: str):

@@ -29,6 +29,9 @@ class PicoEngine:
                                "pip install py-nanotts") from None
         self._tts = NanoTTS()
 
+    def load(self) -> None:
+        """Nothing to load: the voices ship inside the package."""
+
     def voices(self) -> list[str]:
         return list(VOICES)
 

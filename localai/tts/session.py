@@ -129,6 +129,7 @@ def start_speech(tts: str = "auto", voice: str | None = None, lang: str | None =
 
     engine = select_engine(tts, model=model, quantize=quantize)
     voice_name = engine.resolve_voice(voice, lang)
+    engine.load()
     output = open_output(engine.sample_rate, play=play, out_path=out_path, required=False, out_flag=out_flag)
     if output is None:
         return None

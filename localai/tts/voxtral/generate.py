@@ -17,7 +17,7 @@ import torch
 from localai.errors import LocalaiError
 from localai.tts.voxtral.config import END_AUDIO
 from localai.tts.voxtral.frame_steps import FRAME_STEPS, EagerFrames
-from localai.tts.voxtral.loader import list_voices, load_voice
+from localai.tts.voxtral.loader import load_voice, usable_voices
 from localai.tts.voxtral.streaming import StreamingDecoder, decode_frames
 
 MAX_FRAMES = 2048  # 164 s of audio, the reference deployment's limit per request
@@ -64,8 +64,7 @@ class VoxtralSynthesizer:
         return self.config.sampling_rate
 
     def voices(self) -> list[str]:
-        counts = self.tokenizer.instruct_tokenizer.audio_encoder.audio_config.voice_num_audio_tokens or {}
-        return [name for name in list_voices(self.folder) if name in counts]
+        return usable_voices(self.folder, self.tokenizer)
 
     def voice(self, name: str) -> torch.Tensor:
         if name not in self._voices:

@@ -211,6 +211,12 @@ def list_voices(folder: Path) -> list[str]:
     return sorted(p.stem for p in voice_dir.glob("*.pt")) if voice_dir.is_dir() else []
 
 
+def usable_voices(folder: Path, tokenizer) -> list[str]:
+    """The voices that have a file and that the tokenizer knows the length of."""
+    counts = tokenizer.instruct_tokenizer.audio_encoder.audio_config.voice_num_audio_tokens or {}
+    return [name for name in list_voices(folder) if name in counts]
+
+
 def load_voice(folder: Path, name: str, config: VoxtralConfig):
     """The voice's [N, dim] tensor. Only a plain tensor is accepted (weights_only=True refuses pickled code)."""
     import pickle
