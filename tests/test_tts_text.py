@@ -63,10 +63,12 @@ def test_fenced_code_stays_in_one_piece():
     assert find_boundary("```\nunclosed. still code. ") is None
 
 
-def test_run_on_text_is_cut_at_a_comma():
-    text = ("word " * 30 + ", ") * 4
-    sentences = split_streamed(text, 7, max_chars=200)
-    assert len(sentences) > 1 and all(len(s) <= 200 for s in sentences)
+@pytest.mark.parametrize("step", [7, 10_000])
+def test_run_on_text_is_cut_at_a_comma(step):
+    text = ("word " * 30 + ", ") * 4 + "and the end. " + "more " * 50 + "\n```\n" + "code " * 50 + "\n```\n"
+    sentences = split_streamed(text, step, max_chars=200)
+    assert sentences[-1] == "```\n" + "code " * 50 + "\n```"  # a code block stays whole
+    assert len(sentences) > 3 and all(len(s) <= 200 for s in sentences[:-1])
     assert " ".join(sentences).split() == text.split()
 
 

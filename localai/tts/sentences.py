@@ -77,10 +77,10 @@ class SentenceSplitter:
         sentences = []
         while True:
             end = find_boundary(self.buffer)
+            if end is None or end > self.max_chars:
+                end = self._forced_cut() or end
             if end is None:
-                end = self._forced_cut()
-                if end is None:
-                    return sentences
+                return sentences
             sentence, self.buffer = self.buffer[:end], self.buffer[end:]
             sentences += self._release(sentence)
 
@@ -92,9 +92,9 @@ class SentenceSplitter:
 
     def _forced_cut(self) -> int | None:
         """A run-on text longer than max_chars is cut after its last comma or space."""
-        if len(self.buffer) <= self.max_chars or FENCE in self.buffer:
-            return None
         window = self.buffer[:self.max_chars]
+        if len(self.buffer) <= self.max_chars or FENCE in window:  # not inside a code block
+            return None
         cut = max(window.rfind(", "), window.rfind("; "))
         return (cut + 2) if cut > 0 else (window.rfind(" ") + 1 or self.max_chars)
 
