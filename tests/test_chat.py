@@ -186,6 +186,20 @@ def test_an_answer_that_fails_midway_leaves_nothing_in_the_sinks_for_the_next(en
     assert sink.aborted == 1 and sink.finished == 0
 
 
+def test_ctrl_c_at_the_prompt_stops_the_speech_of_the_last_answer(engine):
+    sink = RecordingSink()
+    repl, _, _ = make_repl(engine, sink=sink)
+
+    def read_line(prompt, lines=iter(["Hello", None, "/exit"])):
+        line = next(lines)
+        if line is None:
+            raise KeyboardInterrupt  # while the answer is still being spoken
+        return line
+
+    repl.run(read_line)
+    assert sink.finished == 1 and sink.aborted == 1
+
+
 def test_commands_reset_system_save_load(engine, tmp_path):
     repl, notices, _ = make_repl(engine)
     repl.answer("Hello")

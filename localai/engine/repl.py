@@ -2,7 +2,8 @@
 
 Streamed text goes to stdout and to every extra sink in `tee` (an object with
 feed(text_delta), finish() and abort(), e.g. a speech session). Ctrl-C during an answer
-stops that answer (sinks are aborted) and the session goes on; Ctrl-D or /exit ends it.
+stops that answer (sinks are aborted) and the session goes on; at the prompt it aborts the
+sinks too (an answer still being spoken falls silent). Ctrl-D or /exit ends the session.
 """
 
 from __future__ import annotations
@@ -134,7 +135,9 @@ class ChatRepl:
             except EOFError:
                 self.write("\n")
                 return
-            except KeyboardInterrupt:
+            except KeyboardInterrupt:  # a fresh prompt; an answer still being spoken stops
+                for sink in self.tee:
+                    sink.abort()
                 self.write("\n")
                 continue
             if not line:
