@@ -90,8 +90,11 @@ def test_numbers_are_said_in_english():
 
 @pytest.mark.parametrize("written, spoken", [
     ("3.5GB of RAM, 5kg, 1.5x faster, 4K", "three point five GB of RAM, five kg, one point five x faster, four K"),
-    ("from 1990-2000, pages 10-20, 1.5–2.5 kg", "from one thousand nine hundred ninety to two thousand, pages ten to "
+    ("from 1990-2000, pages 10-20, 1.5–2.5 kg", "from nineteen ninety to two thousand, pages ten to "
                                               "twenty, one point five to two point five kg"),
+    ("In 1969, 1500 people; in 2005 and 2024, 1,969 or 3000 or 1969.5 km",
+     "In nineteen sixty-nine, fifteen hundred people; in two thousand five and twenty twenty-four, "
+     "one thousand nine hundred sixty-nine or three thousand or one thousand nine hundred sixty-nine point five km"),
     ("It ended 3-2.", "It ended three two."),
     ("$1.00, $0.99, $0.01, $5.5, -$5",
      "one dollar, ninety-nine cents, one cent, five point five dollars, minus five dollars"),

@@ -109,6 +109,13 @@ def _is_decade(digits: str) -> bool:
     return digits.endswith("0") and (len(digits) == 2 or (len(digits) == 4 and 1100 <= int(digits) < 2100))
 
 
+def _plain_year(match: re.Match) -> bool:
+    """A bare 1001..2099 is said like a year, as TTS front ends do: 'in 1969', '1500 people'
+    ('fifteen hundred'); with a comma, a sign, a unit or a currency it is a quantity."""
+    plain = not any(match[group] for group in ("frac", "currency", "sign", "sign2", "scale", "percent", "suffix"))
+    return plain and len(match["int"]) == 4 and 1000 < int(match["int"]) < 2100
+
+
 def _plural(words: str) -> str:
     return words[:-1] + "ies" if words.endswith("y") else words + "s"
 
@@ -145,6 +152,8 @@ def _say_number(match: re.Match) -> str:
         words, suffix = ordinal_words(value), ""
     elif suffix == "s" and _is_decade(match["int"]) and not (frac or currency):
         words, suffix = _plural(year_words(value)), ""  # the 1990s, the 80s
+    elif _plain_year(match):
+        words = year_words(value)
     else:
         words = integer_words(value)
         if frac and cents is None:
