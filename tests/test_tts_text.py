@@ -109,7 +109,7 @@ def test_numbers_with_units_ranges_money_dates_and_times(written, spoken):
 
 
 def test_control_characters_and_undecodable_bytes_are_not_spoken():
-    assert prepare_for_speech("Hello \ufffd\ufffd world.\x00\x01\x7f") == "Hello world."
+    assert prepare_for_speech("\ufeffHello \ufffd\ufffd world.\x00\x01\x7f\u200b") == "Hello world."
 
 
 def test_numbers_stay_digits_for_other_languages():
