@@ -45,6 +45,8 @@ def main(
     session = SpeechSession(engine, voice_name, output, lang=engine.language(voice_name))
     try:
         for chunk in ([" ".join(text)] if text else text_chunks(sys.stdin)):
+            if session.error:  # the engine failed: do not wait for the rest of a slow pipe
+                break
             session.feed(chunk)
         session.finish()
         session.close()

@@ -330,6 +330,29 @@ def test_speak_fails_when_playback_stops_and_there_is_no_file(monkeypatch, local
     assert "audio playback failed: device unplugged" in result.stderr and "--out FILE.wav" in result.stderr
 
 
+def test_speak_stops_reading_stdin_once_the_engine_failed(tmp_path, localai_home, monkeypatch):
+    from localai.tts import engines, textin
+
+    class FailingPico(PicoEngine):
+        def stream(self, text, voice, should_stop=None):
+            raise RuntimeError("model exploded")
+            yield  # pragma: no cover
+
+    read = []
+
+    def slow_pipe(stream):
+        for i in range(100):  # e.g. `localai generate ... | localai speak`: 5 s of text
+            read.append(i)
+            threading.Event().wait(0.05)
+            yield f"Sentence number {i} is here. "
+
+    monkeypatch.setattr(engines, "select_engine", lambda *a, **k: FailingPico())
+    monkeypatch.setattr(textin, "text_chunks", slow_pipe)
+    result = runner.invoke(app, ["speak", "--out", str(tmp_path / "f.wav")], input="")
+    assert result.exit_code == 1 and "speech failed: RuntimeError: model exploded" in result.stderr
+    assert len(read) < 100
+
+
 def test_speak_lists_voices_and_rejects_bad_options(localai_home):
     result = runner.invoke(app, ["speak", "--tts", "fallback", "--list-voices"])
     assert result.exit_code == 0 and "fr-FR" in result.stdout.split()
