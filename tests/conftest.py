@@ -70,3 +70,28 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def speaker(monkeypatch):
+    """A fake sound card that records what it plays (tests/fake_audio.py)."""
+    from fake_audio import FakeSpeaker
+    from localai.tts import player
+
+    fake = FakeSpeaker()
+    monkeypatch.setattr(player, "open_speaker", lambda rate: fake)
+    return fake
+
+
+@pytest.fixture
+def no_speaker(monkeypatch):
+    """No sound card: opening one fails as it does without PortAudio."""
+    from localai.tts import player
+    from localai.tts.player import PlaybackUnavailable
+
+    def unavailable(rate):
+        raise PlaybackUnavailable("no audio playback: PortAudio library not found", "install PortAudio")
+
+    monkeypatch.setattr(player, "open_speaker", unavailable)
+
+

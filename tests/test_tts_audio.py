@@ -1,77 +1,17 @@
-"""Fallback engine, audio output, speech sessions and `localai speak` (no sound card needed)."""
+"""Fallback engine, audio output and speech sessions (no sound card needed); `localai speak` is in test_speak_cli.py."""
 
-import json
 import signal
-import sys
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile
-from typer.testing import CliRunner
+from fake_audio import FakeSpeaker, rms
 
-from localai.cli import app
 from localai.errors import LocalaiError
-from localai.tts import player
 from localai.tts.fallback import PicoEngine
 from localai.tts.player import AudioOutput, PlaybackUnavailable, open_output
 from localai.tts.session import SpeechSession
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-
-runner = CliRunner()
-
-
-class FakeSpeaker:
-    """Stands in for a sounddevice OutputStream: records what it is asked to play."""
-
-    def __init__(self, fail_after: int | None = None, seconds_per_sample: float = 0.0):
-        self.chunks, self.fail_after, self.seconds_per_sample = [], fail_after, seconds_per_sample
-        self.stopped = self.aborted = self.closed = False
-        self.restarts = 0
-
-    def write(self, data):
-        if self.fail_after is not None and len(self.chunks) >= self.fail_after:
-            raise RuntimeError("device unplugged")
-        assert data.dtype == np.float32 and data.ndim == 2 and data.shape[1] == 1
-        self.chunks.append(data[:, 0].copy())
-        threading.Event().wait(len(data) * self.seconds_per_sample)  # a real device blocks while it plays
-
-    def start(self):
-        self.restarts += 1
-
-    def stop(self):
-        self.stopped = True
-
-    def abort(self):
-        self.aborted = True
-
-    def close(self):
-        self.closed = True
-
-    @property
-    def audio(self) -> np.ndarray:
-        return np.concatenate(self.chunks) if self.chunks else np.zeros(0, np.float32)
-
-
-def rms(audio: np.ndarray) -> float:
-    return float(np.sqrt(np.mean(np.square(audio, dtype=np.float64))))
-
-
-@pytest.fixture
-def speaker(monkeypatch) -> FakeSpeaker:
-    fake = FakeSpeaker()
-    monkeypatch.setattr(player, "open_speaker", lambda rate: fake)
-    return fake
-
-
-@pytest.fixture
-def no_speaker(monkeypatch):
-    def unavailable(rate):
-        raise PlaybackUnavailable("no audio playback: PortAudio library not found", "install PortAudio")
-
-    monkeypatch.setattr(player, "open_speaker", unavailable)
 
 
 def test_fallback_engine_speaks_audibly():
@@ -279,135 +219,6 @@ def test_a_failing_engine_stops_speech_without_raising(tmp_path):
     assert session.error == "RuntimeError: model exploded" and session.timings == []
 
 
-def test_speak_reads_stdin_and_writes_a_wav(tmp_path, localai_home):
-    wav = tmp_path / "hello.wav"
-    result = runner.invoke(app, ["speak", "--out", str(wav)], input="Hello from localai. It speaks piped text.\n")
-    assert result.exit_code == 0, result.stderr
-    assert result.stdout == ""
-    assert "tts: fallback" in result.stderr and "spoke 2 sentence(s)" in result.stderr
-    audio, rate = soundfile.read(wav, dtype="float32")
-    assert rate == 16000 and len(audio) > rate and rms(audio) > 0.02
-
-
-def test_speak_json_reports_per_sentence_timings(tmp_path, localai_home):
-    result = runner.invoke(app, ["speak", "--tts", "fallback", "--out", str(tmp_path / "x.wav"), "--json",
-                                 "One sentence here.", "And a second one."])
-    assert result.exit_code == 0, result.stderr
-    report = json.loads(result.stdout)
-    assert report["engine"] == "fallback" and report["voice"] == "en-US" and report["sample_rate"] == 16000
-    assert [s["text"] for s in report["sentences"]] == ["One sentence here.", "And a second one."]
-    assert report["audio_s"] == pytest.approx(sum(s["audio_s"] for s in report["sentences"]), abs=1e-2)
-
-
-def test_speak_plays_through_the_speaker(speaker, localai_home):
-    result = runner.invoke(app, ["speak", "--lang", "de", "Guten Tag."])
-    assert result.exit_code == 0, result.stderr
-    assert rms(speaker.audio) > 0.02 and speaker.stopped
-
-
-def test_speak_without_audio_device_says_to_use_out(no_speaker, localai_home):
-    result = runner.invoke(app, ["speak", "Hello."])
-    assert result.exit_code == 1
-    assert result.stdout == ""
-    assert "no audio playback" in result.stderr and "--out FILE.wav" in result.stderr
-    assert "Traceback" not in result.stderr
-
-
-def test_speak_fails_when_the_wav_cannot_be_written_to_the_end(tmp_path, localai_home, monkeypatch):
-    def disk_full(self, chunk):
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(player.WavWriter, "write", disk_full)
-    result = runner.invoke(app, ["speak", "--out", str(tmp_path / "full.wav"), "Hello there."])
-    assert result.exit_code == 1 and "No space left on device" in result.stderr
-    assert list(tmp_path.iterdir()) == []  # neither the file nor its temporary
-
-
-def test_speak_fails_when_playback_stops_and_there_is_no_file(monkeypatch, localai_home):
-    monkeypatch.setattr(player, "open_speaker", lambda rate: FakeSpeaker(fail_after=0))
-    result = runner.invoke(app, ["speak", "Hello there."])
-    assert result.exit_code == 1
-    assert "audio playback failed: device unplugged" in result.stderr and "--out FILE.wav" in result.stderr
-
-
-def test_speak_stops_reading_stdin_once_the_engine_failed(tmp_path, localai_home, monkeypatch):
-    from localai.tts import engines, textin
-
-    class FailingPico(PicoEngine):
-        def stream(self, text, voice, should_stop=None):
-            raise RuntimeError("model exploded")
-            yield  # pragma: no cover
-
-    read = []
-
-    def slow_pipe(stream):
-        for i in range(100):  # e.g. `localai generate ... | localai speak`: 5 s of text
-            read.append(i)
-            threading.Event().wait(0.05)
-            yield f"Sentence number {i} is here. "
-
-    monkeypatch.setattr(engines, "select_engine", lambda *a, **k: FailingPico())
-    monkeypatch.setattr(textin, "text_chunks", slow_pipe)
-    result = runner.invoke(app, ["speak", "--out", str(tmp_path / "f.wav")], input="")
-    assert result.exit_code == 1 and "speech failed: RuntimeError: model exploded" in result.stderr
-    assert len(read) < 100
-
-
-def test_speak_lists_voices_and_rejects_bad_options(localai_home):
-    result = runner.invoke(app, ["speak", "--tts", "fallback", "--list-voices"])
-    assert result.exit_code == 0 and "fr-FR" in result.stdout.split()
-    result = runner.invoke(app, ["speak", "--tts", "loud", "Hi."])
-    assert result.exit_code == 2 and "unknown --tts 'loud'" in result.stderr
-    result = runner.invoke(app, ["speak", "--voice", "robot", "--out", "x.wav", "Hi."])
-    assert result.exit_code == 1 and "no voice 'robot'" in result.stderr
-
-
-def test_speak_voxtral_without_weights_is_one_line(localai_home):
-    result = runner.invoke(app, ["speak", "--tts", "voxtral", "Hi."])
-    assert result.exit_code == 1
-    assert "Voxtral weights (voxtral-tts) are not downloaded" in result.stderr and "--tts fallback" in result.stderr
-
-
-def test_speak_with_a_tiny_voxtral_checkpoint(tmp_path, localai_home):
-    from make_tiny_voxtral import write_tiny_voxtral
-
-    folder = write_tiny_voxtral(tmp_path / "tiny-voxtral")
-    wav = tmp_path / "v.wav"
-    result = runner.invoke(app, ["--device", "cpu", "speak", "--tts", "voxtral", "--tts-model", str(folder),
-                                 "--voice", "neutral_male", "--out", str(wav), "Hi."])
-    assert result.exit_code == 0, result.stderr
-    assert "CC BY-NC 4.0" in result.stderr and "tts: Voxtral 4B TTS (cpu" in result.stderr
-    audio, rate = soundfile.read(wav, dtype="float32")
-    assert rate == 24000 and len(audio) > 0 and len(audio) % 1920 == 0
-    again = runner.invoke(app, ["--device", "cpu", "speak", "--tts", "voxtral", "--tts-model", str(folder),
-                                "--list-voices"])
-    assert again.exit_code == 0 and again.stdout.split() == ["casual_female", "neutral_male"]
-    assert "CC BY-NC 4.0" not in again.stderr  # the notice is shown once
-    four_bit = runner.invoke(app, ["--device", "cpu", "speak", "--tts", "voxtral", "--tts-model", str(folder),
-                                   "--quantize", "--out", str(wav), "--json", "Hi."])
-    assert four_bit.exit_code == 0, four_bit.stderr
-    assert "4-bit TurboQuant" in four_bit.stderr and json.loads(four_bit.stdout)["engine"] == "voxtral"
-
-
-def test_voxtral_voices_are_listed_and_checked_without_loading_the_model(tmp_path, localai_home, monkeypatch):
-    from make_tiny_voxtral import write_tiny_voxtral
-
-    from localai.tts import engines
-
-    def no_load(*args, **kwargs):
-        raise AssertionError("the model was loaded")
-
-    monkeypatch.setattr(engines, "load_synthesizer", no_load)
-    folder = write_tiny_voxtral(tmp_path / "tiny-voxtral")
-    base = ["--device", "cpu", "speak", "--tts", "voxtral", "--tts-model", str(folder)]
-    listed = runner.invoke(app, base + ["--list-voices", "--json"])
-    assert listed.exit_code == 0, listed.stderr
-    assert json.loads(listed.stdout)["voices"] == ["casual_female", "neutral_male"]
-    mistyped = runner.invoke(app, base + ["--voice", "robot", "--out", str(tmp_path / "x.wav"), "Hi."])
-    assert mistyped.exit_code == 1 and "Voxtral has no voice 'robot'" in mistyped.stderr
-    assert not (tmp_path / "x.wav").exists()
-
-
 def test_start_speech_for_chat_keeps_one_wav_across_answers(no_speaker, tmp_path, localai_home):
     from localai.tts.session import start_speech
 
@@ -423,9 +234,3 @@ def test_start_speech_for_chat_keeps_one_wav_across_answers(no_speaker, tmp_path
     assert rate == 16000 and rms(audio) > 0.02
 
 
-def test_doctor_reports_the_speech_engines(localai_home):
-    result = runner.invoke(app, ["doctor", "--json"])
-    assert result.exit_code == 0, result.stderr
-    records = {r["name"]: r for r in json.loads(result.stdout)}
-    assert records["tts fallback"]["status"] == "ok"
-    assert "--tts auto uses fallback" in records["tts auto"]["detail"]
