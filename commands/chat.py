@@ -34,6 +34,12 @@ def main(
 
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                             seed=seed).validate(UsageError)
+    if voice and not (speak or speak_out):
+        raise UsageError("--voice applies to spoken answers", "add --speak (or --speak-out FILE.wav)")
+    if speak_out:  # before the model loads, not after
+        from localai.tts.player import check_out_path
+
+        check_out_path(Path(speak_out))
     interactive = sys.stdin.isatty()
     piped = None if interactive else sys.stdin.read().strip()
     if piped == "":

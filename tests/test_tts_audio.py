@@ -84,7 +84,8 @@ def test_no_playback_device_needs_out_or_warns(no_speaker, tmp_path):
 def test_unwritable_out_path_is_a_clear_error(tmp_path):
     with pytest.raises(LocalaiError, match="cannot write") as excinfo:
         AudioOutput(16000, out_path=tmp_path / "missing" / "a.wav")
-    assert "No such file or directory" in excinfo.value.message and ".tmp" not in excinfo.value.message
+    assert "the folder" in excinfo.value.message and "does not exist" in excinfo.value.message
+    assert ".tmp" not in excinfo.value.message
 
 
 def test_out_path_that_is_a_folder_is_refused_before_speaking(tmp_path):

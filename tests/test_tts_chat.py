@@ -51,3 +51,14 @@ def test_chat_speak_loads_speech_before_planning_the_cache(tiny_llama, tmp_path,
                                  "--max-new-tokens", "4"], input="Hi\n")
     assert result.exit_code == 0, result.stderr
     assert steps[:2] == ["speech", "plan"]
+
+
+def test_chat_speech_flags_are_checked_before_the_model_loads(tmp_path, localai_home):
+    absent = str(tmp_path / "no-such-model")  # loading it would fail: these errors must come first
+    voice = runner.invoke(app, ["chat", absent, "--voice", "en-US"], input="Hi\n")
+    assert voice.exit_code == 2 and "--voice applies to spoken answers" in voice.stderr
+    missing = tmp_path / "missing" / "a.wav"
+    out = runner.invoke(app, ["chat", absent, "--speak-out", str(missing)], input="Hi\n")
+    assert out.exit_code == 1 and f"the folder {missing.parent} does not exist" in out.stderr
+    assert "loading" not in out.stderr
+

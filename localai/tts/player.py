@@ -48,16 +48,24 @@ def open_speaker(sample_rate: int):
     return stream
 
 
+def check_out_path(path: Path) -> Path:
+    """The WAV path, refused early when it cannot be a file: a folder, or a folder that does not exist."""
+    path = Path(path)
+    if path.is_dir():
+        raise LocalaiError(f"cannot write {path}: it is a folder", f"name a file, e.g. {path / 'speech.wav'}")
+    if not path.parent.is_dir():
+        raise LocalaiError(f"cannot write {path}: the folder {path.parent} does not exist",
+                           "create it first or name another file")
+    return path
+
+
 class WavWriter:
     """16-bit PCM WAV written under a temporary name and renamed when closed (always a valid file)."""
 
     def __init__(self, path: Path, sample_rate: int):
         import soundfile
 
-        self.path = Path(path)
-        if self.path.is_dir():
-            raise LocalaiError(f"cannot write {self.path}: it is a folder",
-                               f"name a file, e.g. {self.path / 'speech.wav'}")
+        self.path = check_out_path(path)
         self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:
             self.handle = open(self.tmp, "wb")  # opened here so that the reason for a failure is the OS's
