@@ -29,6 +29,7 @@ def main(
     from pathlib import Path
 
     from localai.engine.conversation import Conversation
+    from localai.engine.inputs import stdin_lines, utf8_text
     from localai.engine.request import Request, SamplingParams
     from localai.errors import UsageError
 
@@ -41,7 +42,7 @@ def main(
 
         check_out_path(Path(speak_out))
     interactive = sys.stdin.isatty()
-    piped = None if interactive else sys.stdin.read().strip()
+    piped = None if interactive else utf8_text("".join(stdin_lines(sys.stdin)).strip(), "<stdin>")
     if piped == "":
         raise UsageError("nothing to answer on stdin", "pipe a message in, or run in a terminal to chat")
     conversation = Conversation(system=system)

@@ -97,6 +97,16 @@ def test_empty_pipe_is_a_usage_error(tiny_llama, localai_home):
     assert "nothing to answer on stdin" in result.stderr
 
 
+def test_a_message_that_is_not_utf8_is_refused_in_one_line(tiny_llama, engine, localai_home):
+    result = chat(tiny_llama, input=b"caf\xe9\n")
+    assert result.exit_code == 1 and result.stdout == ""
+    assert "<stdin> is not UTF-8 text" in result.stderr and "loading" not in result.stderr
+    repl, _, _ = make_repl(engine)
+    with pytest.raises(LocalaiError, match="the message is not UTF-8 text"):
+        repl.answer(b"caf\xe9".decode("utf-8", "surrogateescape"))
+    assert repl.conversation.messages == []
+
+
 def test_a_model_without_a_chat_template_is_refused_with_a_hint(tiny_llama, tmp_path, localai_home):
     import json
     import shutil

@@ -225,6 +225,19 @@ def test_arguments_stdin_and_files_combine_in_order(tmp_path):
         read_prompts([], str(tmp_path / "missing.txt"), io.StringIO(""), SamplingParams())
 
 
+def test_text_that_is_not_utf8_is_refused_with_where_it_came_from():
+    undecodable = b"caf\xe9\n".decode("utf-8", "surrogateescape")  # how Python keeps bytes it cannot decode
+    with pytest.raises(LocalaiError, match="^<stdin>:2 is not UTF-8 text"):
+        read_prompts(["-"], None, io.StringIO("fine\n" + undecodable), SamplingParams())
+    with pytest.raises(LocalaiError, match="^x.jsonl:1 is not UTF-8 text"):
+        parse_lines(['{"prompt": "\\ud800"}'], "x.jsonl", SamplingParams())
+    with pytest.raises(LocalaiError, match="^a prompt argument is not UTF-8 text"):
+        read_prompts([undecodable], None, io.StringIO(""), SamplingParams())
+    strict = io.TextIOWrapper(io.BytesIO(b"caf\xe9\n"), encoding="utf-8")
+    with pytest.raises(LocalaiError, match="^<stdin> is not UTF-8 text"):
+        read_prompts(["-"], None, strict, SamplingParams())
+
+
 def test_a_global_seed_gives_each_request_its_own_seed():
     specs = parse_lines(['{"prompt": "a"}', '{"prompt": "b", "seed": 100}', '{"prompt": "c"}'], "x.jsonl",
                         SamplingParams())

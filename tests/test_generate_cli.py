@@ -116,6 +116,11 @@ def test_a_malformed_line_is_reported_with_its_number_before_loading_the_model(t
     assert "loading" not in result.stderr
 
 
+def test_stdin_that_is_not_utf8_is_a_one_line_error_before_loading_the_model(tmp_path):
+    line = one_line_error(generate(tmp_path / "no-such-model", input=b"caf\xe9\n"))
+    assert "<stdin> is not UTF-8 text" in line
+
+
 def test_stats_go_to_stderr_and_verbose_shows_the_sizing_arithmetic(tiny_llama, expected):
     result = generate(tiny_llama, PROMPTS[0], "--max-new-tokens", 8, "--stats", options=("--device", "cpu", "-v"))
     assert result.exit_code == 0, result.stderr

@@ -45,7 +45,7 @@ def parse_lines(lines: Iterable[str], source: str, defaults: SamplingParams) -> 
     jsonl = looks_like_jsonl(source, lines)
     specs = []
     for number, line in enumerate(lines, start=1):
-        text = line.rstrip("\r\n")
+        text = utf8_text(line.rstrip("\r\n"), f"{source}:{number}")
         if not text.strip():
             continue
         if jsonl:
@@ -60,6 +60,7 @@ def parse_json_line(text: str, where: str, defaults: SamplingParams) -> PromptSp
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise LocalaiError(f"{where}: not valid JSON ({exc.msg})", "each line must be one JSON object") from exc
+    utf8_text(json.dumps(data, ensure_ascii=False), where)  # JSON's \ud800 escape gives a lone surrogate
     if not isinstance(data, dict):
         raise LocalaiError(f"{where}: expected a JSON object, got {type(data).__name__}",
                            'write {"prompt": "..."} on each line')
@@ -101,16 +102,34 @@ def line_params(data: dict, defaults: SamplingParams) -> SamplingParams:
     return replace(defaults, **changes).validate()
 
 
+def utf8_text(text: str, where: str) -> str:
+    """text, unless it holds what UTF-8 cannot encode: undecodable input bytes (which Python keeps as
+    lone surrogates) or a lone surrogate escape."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise LocalaiError(f"{where} is not UTF-8 text", "convert it to UTF-8, e.g. with iconv") from exc
+    return text
+
+
+def stdin_lines(stdin) -> list[str]:
+    """The lines of stdin; one line of error when they are not UTF-8 (a strict decoder raises)."""
+    try:
+        return stdin.readlines()
+    except UnicodeDecodeError as exc:
+        raise LocalaiError("<stdin> is not UTF-8 text", "convert it to UTF-8, e.g. with iconv") from exc
+
+
 def read_prompts(arguments: list[str], file: str | None, stdin, defaults: SamplingParams) -> list[PromptSpec]:
     """Prompts from the arguments (each one a prompt; `-` reads stdin) and from --file (`-` = stdin)."""
     specs = []
     for argument in arguments:
         if argument == "-":
-            specs += parse_lines(stdin.readlines(), "<stdin>", defaults)
+            specs += parse_lines(stdin_lines(stdin), "<stdin>", defaults)
         else:
-            specs.append(PromptSpec(prompt=argument, messages=None, params=defaults))
+            specs.append(PromptSpec(prompt=utf8_text(argument, "a prompt argument"), messages=None, params=defaults))
     if file == "-":
-        specs += parse_lines(stdin.readlines(), "<stdin>", defaults)
+        specs += parse_lines(stdin_lines(stdin), "<stdin>", defaults)
     elif file is not None:
         try:
             with open(file, encoding="utf-8") as handle:

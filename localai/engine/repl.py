@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from localai.engine.conversation import Conversation
+from localai.engine.inputs import utf8_text
 from localai.engine.request import Request, SamplingParams
 from localai.errors import LocalaiError
 
@@ -44,7 +45,7 @@ class ChatRepl:
     # --- one answer --------------------------------------------------------------------
     def answer(self, text: str) -> str:
         """Add the user's text, stream the assistant's answer, and return it."""
-        self.conversation.add("user", text)
+        self.conversation.add("user", utf8_text(text, "the message"))
         budget = self.plan.max_ctx - self.params.max_new_tokens
         try:
             ids, dropped = self.conversation.fit(self.engine.tokenizer, budget)
