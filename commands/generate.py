@@ -53,7 +53,7 @@ def main(
         if empty is not None:
             raise UsageError(f"prompt {empty + 1} is empty", "give every prompt some text")
 
-    from localai.console import info, out, verbose
+    from localai.console import info, out, out_json, verbose
     from localai.engine.api import Engine
     from localai.engine.events import RequestResult
     from localai.engine.ordered import in_order
@@ -69,20 +69,29 @@ def main(
     for line in plan.lines():
         verbose(line)
     results = [RequestResult(request_id=r.id, index=i, prompt=r.prompt) for i, r in enumerate(requests)]
-    for index, text, done in in_order(engine.stream(requests, plan=plan), results):
-        if jsonl and done:
-            out(json_line(results[index]))
-        elif not (jsonl or json_output):
-            out(text + ("\n" if done else ""), end="")
-            if done and index + 1 < len(results):
-                out()
-    summary = summarize(results, engine)
+    written: set[int] = set()  # --jsonl rows on stdout
+    try:
+        for index, text, done in in_order(engine.stream(requests, plan=plan), results):
+            if jsonl and done:
+                out(json_line(results[index]))
+                written.add(index)
+            elif not (jsonl or json_output):
+                out(text + ("\n" if done else ""), end="")
+                if done and index + 1 < len(results):
+                    out()
+    except KeyboardInterrupt:  # keep what was finished, even where input order held it back
+        finished = [r for r in results if r.finish_reason is not None]
+        if jsonl:
+            for result in finished:
+                if result.index not in written:
+                    out(json_line(result))
+        if json_output:
+            out_json(json_document(model, finished, engine))
+        raise
     if json_output:
-        from localai.console import out_json
-
-        out_json({"model": model, "results": [r.to_json() for r in results], "stats": summary})
+        out_json(json_document(model, results, engine))
     if stats:
-        info(stats_line(summary))
+        info(stats_line(summarize(results, engine)))
 
 
 def parse_batch_size(value: str, error) -> Optional[int]:
@@ -97,6 +106,10 @@ def json_line(result) -> str:
     import json
 
     return json.dumps(result.to_json(), ensure_ascii=False)
+
+
+def json_document(model: str, results, engine) -> dict:
+    return {"model": model, "results": [r.to_json() for r in results], "stats": summarize(results, engine)}
 
 
 def summarize(results, engine) -> dict:

@@ -79,6 +79,32 @@ def test_json_document_holds_results_and_stats(tiny_llama, expected):
     assert data["stats"]["generated_tokens"] == 16 and data["stats"]["engine"] == "lean"
 
 
+@pytest.mark.parametrize("output", ["--jsonl", "--json"])
+def test_ctrl_c_exits_130_and_keeps_the_answers_already_finished(tiny_llama, tmp_path, monkeypatch, output):
+    """The second request finishes first; its answer is written though the first one never ends."""
+    from localai.engine.api import Engine
+
+    real_stream = Engine.stream
+
+    def interrupted_when_the_short_one_is_done(self, requests, **options):
+        for event in real_stream(self, requests, **options):
+            yield event
+            if event.index == 1 and event.finished:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(Engine, "stream", interrupted_when_the_short_one_is_done)
+    file = tmp_path / "batch.jsonl"
+    file.write_text("\n".join(json.dumps({"prompt": p, "max_new_tokens": n, "min_new_tokens": n})
+                              for p, n in zip(PROMPTS, [30, 2, 30])) + "\n")
+    result = generate(tiny_llama, "-f", file, output)
+    assert result.exit_code == 130 and "interrupted" in result.stderr
+    if output == "--jsonl":
+        rows = [json.loads(line) for line in result.stdout.splitlines()]
+    else:
+        rows = json.loads(result.stdout)["results"]
+    assert [(r["id"], r["finish_reason"], r["tokens"]["generated"]) for r in rows] == [(1, "length", 2)]
+
+
 def test_prompts_from_a_file_and_from_stdin(tiny_llama, expected, tmp_path):
     file = tmp_path / "prompts.txt"
     file.write_text("\n".join(PROMPTS) + "\n")
