@@ -147,6 +147,13 @@ def test_stdin_that_is_not_utf8_is_a_one_line_error_before_loading_the_model(tmp
     assert "<stdin> is not UTF-8 text" in line
 
 
+def test_a_prompt_longer_than_the_context_is_named_in_the_error(tiny_llama, tmp_path):
+    file = tmp_path / "prompts.txt"
+    file.write_text("Hi\n" + "word " * 600 + "\nHello\n")  # the tiny model's context is 512 tokens
+    line = one_line_error(generate(tiny_llama, "-f", file, "--raw"))
+    assert "request 1: its prompt has" in line and "512-token context" in line
+
+
 def test_stats_go_to_stderr_and_verbose_shows_the_sizing_arithmetic(tiny_llama, expected):
     result = generate(tiny_llama, PROMPTS[0], "--max-new-tokens", 8, "--stats", options=("--device", "cpu", "-v"))
     assert result.exit_code == 0, result.stderr

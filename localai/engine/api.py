@@ -87,6 +87,11 @@ class Engine:
     def plan_for(self, requests: list[Request], batch_size: int | None = None,
                  max_ctx: int | None = None) -> MemoryPlan:
         """Batch and context for these requests in the memory left on the device."""
+        for request in requests:  # named here: in a batch, the model's limit alone does not say which one
+            if len(request.prompt_ids) >= self.shape.max_positions:
+                raise LocalaiError(f"request {request.id}: its prompt has {len(request.prompt_ids)} tokens, more "
+                                   f"than the model's {self.shape.max_positions}-token context leaves room for",
+                                   "shorten the prompt")
         longest = max(len(r.prompt_ids) for r in requests)
         wanted = max_ctx or max(len(r.prompt_ids) + r.params.max_new_tokens for r in requests)
         available, total = memory_info(self.device)
