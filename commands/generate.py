@@ -46,6 +46,8 @@ def main(
     if not arguments and file is None and not sys.stdin.isatty():
         arguments = ["-"]
     specs = seeded(read_prompts(arguments, file, sys.stdin, defaults), seed)
+    for spec in specs:  # the seeds that --seed gave (a file's own options were checked as it was read)
+        spec.params.validate(UsageError)
     if not specs:
         raise UsageError("no prompts given", "pass prompts as arguments, with -f FILE, or on stdin")
     if raw:  # without a chat template an empty prompt has no tokens at all

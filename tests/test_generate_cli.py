@@ -168,6 +168,7 @@ def test_stats_go_to_stderr_and_verbose_shows_the_sizing_arithmetic(tiny_llama, 
     (["--temperature", "-1"], 2, "temperature must be 0"),
     (["--top-p", "0"], 2, "top_p must be in"),
     (["--json", "--jsonl"], 2, "--json and --jsonl exclude each other"),
+    (["--seed", 2**64], 2, "seed must fit in 64 bits"),
 ])
 def test_bad_options_are_one_line_errors(tiny_llama, args, code, message):
     assert message in one_line_error(generate(tiny_llama, "hi", *args), code)

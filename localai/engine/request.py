@@ -45,6 +45,7 @@ class SamplingParams:
             (0 <= self.min_p < 1, "min_p must be in [0, 1)"),
             (self.repetition_penalty > 0, "repetition_penalty must be above 0"),
             (self.min_new_tokens >= 0, "min_new_tokens must be 0 or more"),
+            (self.seed is None or -2**63 <= self.seed < 2**64, "seed must fit in 64 bits"),
             (all(isinstance(s, str) and s for s in self.stop), "stop strings must be non-empty text"),
         ]
         for ok, message in checks:
