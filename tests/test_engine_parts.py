@@ -189,6 +189,13 @@ def test_plain_lines_are_one_prompt_each_and_blank_lines_are_skipped():
     assert [s.prompt for s in specs] == ["first prompt", "second prompt"]
 
 
+@pytest.mark.parametrize("source", ["p.txt", "p.jsonl", "<stdin>"])
+def test_a_byte_order_mark_before_the_first_line_is_not_part_of_it(source):
+    jsonl = parse_lines(['\ufeff{"prompt": "a"}\n', '{"prompt": "b"}\n'], source, SamplingParams())
+    assert [s.prompt for s in jsonl] == ["a", "b"]
+    assert [s.prompt for s in parse_lines(["\ufeffplain\n"], "p.txt", SamplingParams())] == ["plain"]
+
+
 def test_jsonl_lines_carry_prompt_messages_and_options():
     lines = ['{"prompt": "a", "max_new_tokens": 5, "temperature": 0.5, "stop": "x", "id": "one"}\n',
              '{"messages": [{"role": "user", "content": "b"}], "seed": 3, "system": "s"}\n']

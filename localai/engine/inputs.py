@@ -42,6 +42,8 @@ def looks_like_jsonl(source: str, lines: list[str]) -> bool:
 def parse_lines(lines: Iterable[str], source: str, defaults: SamplingParams) -> list[PromptSpec]:
     """Prompts from the lines of a file (`source` names it in errors); blank lines are skipped."""
     lines = list(lines)
+    if lines:  # the byte order mark some editors put first is not part of the text
+        lines[0] = lines[0].removeprefix("\ufeff")
     jsonl = looks_like_jsonl(source, lines)
     specs = []
     for number, line in enumerate(lines, start=1):
