@@ -231,6 +231,17 @@ def test_commands_reset_system_save_load(engine, tmp_path):
     assert len(repl.conversation.messages) == 2 and repl.conversation.system == "Be brief."
 
 
+def test_a_file_that_cannot_be_written_is_an_error_and_the_session_goes_on(engine, tmp_path):
+    repl, notices, _ = make_repl(engine)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    lines = iter([f"/save {tmp_path}", f"/save {blocker / 'chat.json'}", "/system still here", "/exit"])
+    repl.run(lambda prompt: next(lines))
+    errors = [n for n in notices if n.startswith("error: cannot save the conversation to")]
+    assert len(errors) == 2 and "(system message set)" in notices
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # no temporary file left behind
+
+
 def test_old_turns_are_dropped_to_fit_the_context_and_the_user_is_told(engine):
     repl, notices, _ = make_repl(engine, max_ctx=64, new_tokens=8)
     for text in ["Hello there, how are you?", "Tell me about Paris.", "And Rome?"]:

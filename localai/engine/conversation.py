@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -53,10 +54,16 @@ class Conversation:
     def save(self, path: str | Path) -> None:
         """Write the conversation as JSON, atomically (temporary name in the same folder, then rename)."""
         path = Path(path).expanduser()
-        path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        temporary.write_text(json.dumps(self.to_json(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        os.replace(temporary, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temporary.write_text(json.dumps(self.to_json(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+            os.replace(temporary, path)
+        except OSError as exc:  # one line, and in the REPL the session goes on
+            with contextlib.suppress(OSError):
+                temporary.unlink(missing_ok=True)
+            raise LocalaiError(f"cannot save the conversation to {path} ({exc.strerror or exc})",
+                               "choose a file in a folder you can write to") from exc
 
     @classmethod
     def load(cls, path: str | Path) -> "Conversation":
