@@ -6,6 +6,7 @@ Command modules import only typer and the standard library at the top, so
 
 from __future__ import annotations
 
+import _thread
 import errno
 import functools
 import importlib
@@ -13,6 +14,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Optional
 
@@ -183,8 +185,26 @@ def _terminated(signum, _frame) -> None:
     raise SystemExit(128 + signum)
 
 
+def _ctrl_c_kept(hook):
+    """An unraisable-exception hook that delivers again a Ctrl-C that arrived inside a finalizer or a
+    weakref callback (an import holds some): Python prints such an exception and carries on, so the
+    command ran to its end, exit 0, with a traceback on stderr."""
+
+    def handle(unraisable) -> None:
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            # a moment later, from another thread: raised in the hook, it would be dropped again
+            timer = threading.Timer(0.01, _thread.interrupt_main)
+            timer.daemon = True
+            timer.start()
+            return
+        hook(unraisable)
+
+    return handle
+
+
 def main() -> None:
     signal.signal(signal.SIGTERM, _terminated)
+    sys.unraisablehook = _ctrl_c_kept(sys.unraisablehook)
     app(prog_name="localai")
 
 

@@ -130,6 +130,29 @@ def test_ctrl_c_exits_130(tmp_path):
     assert stdout == "" and "interrupted" in stderr
 
 
+def test_ctrl_c_that_lands_in_a_weakref_callback_is_not_dropped(monkeypatch):
+    import weakref
+
+    from localai.cli import _ctrl_c_kept
+
+    dropped = []
+    monkeypatch.setattr(sys, "unraisablehook", _ctrl_c_kept(dropped.append))
+
+    def interrupted(_ref):
+        raise KeyboardInterrupt  # where Python reports an exception as unraisable and goes on
+
+    class Thing:
+        pass
+
+    thing = Thing()
+    ref = weakref.ref(thing, interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        del thing
+        for _ in range(500):  # delivered from another thread, so give it the interpreter
+            time.sleep(0.01)
+    assert dropped == [] and ref() is None
+
+
 # --- generate ---------------------------------------------------------------------------------------
 
 
