@@ -95,6 +95,8 @@ def test_eval_checks_every_model_before_scoring_any(tiny_llama, tmp_path, text_f
                                 "--ctx", 16))
     assert "absent-model" in line
     assert invoke_on_cpu("eval", tiny_llama, "--speed", "--speed-tokens", 1).exit_code == 2
+    assert invoke_on_cpu("eval", tiny_llama, "--text", text_file, "--windows", 0).exit_code == 2
+    assert invoke_on_cpu("eval", tiny_llama, "--text", text_file, "--ctx", 1).exit_code == 2
 
 
 @pytest.mark.parametrize("method", ["int4", "nf4"])
