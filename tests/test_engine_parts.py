@@ -30,6 +30,11 @@ def test_greedy_picks_the_argmax_and_masks_eos_until_min_new_tokens():
     assert pick_tokens(logits, [row(SamplingParams()), row(SamplingParams())], eos_ids=[0]) == [1, 0]
 
 
+def test_a_temperature_too_small_to_divide_by_is_greedy():
+    logits = torch.tensor([[0.0, 50.0, 49.0]])
+    assert pick_tokens(logits, [row(SamplingParams(temperature=1e-39))], eos_ids=[]) == [1]
+
+
 def test_top_k_top_p_min_p_keep_only_the_likely_tokens():
     logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05]))
     assert (warp(logits, SamplingParams(temperature=1.0, top_k=2)) > 0).tolist() == [True, True, False, False]

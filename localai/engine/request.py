@@ -7,6 +7,9 @@ from dataclasses import dataclass, field, fields
 from localai.errors import LocalaiError
 
 
+GREEDY_BELOW = 1e-5  # a lower temperature is greedy in effect, and logits divided by it overflow float32
+
+
 @dataclass
 class SamplingParams:
     """Per-request decoding settings. temperature 0 means greedy; seed makes sampling reproducible."""
@@ -23,7 +26,7 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature <= 0.0
+        return self.temperature < GREEDY_BELOW
 
     @classmethod
     def option_names(cls) -> set[str]:
