@@ -7,7 +7,8 @@
 // Layout (see kernels/reference.py): codes uint8 [N, Kp/2], element 2j in the low nibble;
 // gains float16 [N, Kp/G]; x float32 [M, Kp] (already rotated); out float32 [M, N].
 // Vector paths: AVX-512 (one 16-entry permute per 16 weights), AVX2 (two 8-entry permutes
-// and a blend per 8 weights), and a scalar path for everything else.
+// and a blend per 8 weights), and a scalar path for everything else, behind the same few
+// primitives (vdecode, vfma, ...) so the kernels are written once.
 
 #include <math.h>
 #include <stdint.h>
@@ -50,98 +51,158 @@ static inline float half_to_float(uint16_t h) {
 #endif
 }
 
-// ---- one weight row against MB activation rows: out[i * ldo] = <x[i], row> ----
+// ---- vector primitives of each build: a vec holds W floats ---------------------------------
+// vdecode turns W code bytes into the W even-indexed and the W odd-indexed weights they hold
+// (low and high nibbles), so one widening of the bytes serves both; the activations are split
+// into even and odd elements to match (split_pairs). TURBO_STEP = 2 W weights per step.
 
 #if defined(__AVX512F__)
 #define TURBO_VECTOR_WIDTH 16
-// 8 bytes -> 16 levels: duplicate each byte, shift odd lanes by 4; the permute reads 4 index bits
-static inline __m512 decode16(const uint8_t* p, __m512 lut, __m512i shifts) {
-    __m128i b = _mm_loadl_epi64((const __m128i*)p);
-    b = _mm_unpacklo_epi8(b, b);
-    __m512i idx = _mm512_srlv_epi32(_mm512_cvtepu8_epi32(b), shifts);
-    return _mm512_permutexvar_ps(idx, lut);
-}
-
-template <int MB>
-static void row_dot(const float* x, int64_t kp, const uint8_t* codes, const uint16_t* gains,
-                    int64_t group, float* out, int64_t ldo) {
+typedef __m512 vec;
+static inline vec vzero() { return _mm512_setzero_ps(); }
+static inline vec vload(const float* p) { return _mm512_loadu_ps(p); }
+static inline vec vset1(float f) { return _mm512_set1_ps(f); }
+static inline vec vfma(vec a, vec b, vec c) { return _mm512_fmadd_ps(a, b, c); }
+static inline float vsum(vec v) { return _mm512_reduce_add_ps(v); }
+// the permute reads the low 4 bits of each index: the low nibble as it is, the high one shifted down
+static inline void vdecode(const uint8_t* p, vec* even, vec* odd) {
     const __m512 lut = _mm512_loadu_ps(LEVELS);
-    const __m512i shifts = _mm512_set_epi32(4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0);
-    __m512 total[MB];
-    for (int i = 0; i < MB; i++) total[i] = _mm512_setzero_ps();
-    for (int64_t k0 = 0; k0 < kp; k0 += group) {
-        __m512 acc[MB];
-        for (int i = 0; i < MB; i++) acc[i] = _mm512_setzero_ps();
-        for (int64_t k = k0; k < k0 + group; k += 16) {
-            __m512 w = decode16(codes + k / 2, lut, shifts);
-            for (int i = 0; i < MB; i++) acc[i] = _mm512_fmadd_ps(w, _mm512_loadu_ps(x + i * kp + k), acc[i]);
-        }
-        __m512 gain = _mm512_set1_ps(half_to_float(gains[k0 / group]));
-        for (int i = 0; i < MB; i++) total[i] = _mm512_fmadd_ps(acc[i], gain, total[i]);
-    }
-    for (int i = 0; i < MB; i++) out[i * ldo] = _mm512_reduce_add_ps(total[i]);
+    const __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)p));
+    *even = _mm512_permutexvar_ps(bytes, lut);
+    *odd = _mm512_permutexvar_ps(_mm512_srli_epi32(bytes, 4), lut);
 }
 
 #elif defined(__AVX2__) && defined(__FMA__)
 #define TURBO_VECTOR_WIDTH 8
-// 4 bytes -> 8 levels: two 8-entry permutes, index bit 3 (moved to the sign bit) picks one
-static inline __m256 decode8(const uint8_t* p, __m256 lut_low, __m256 lut_high, __m256i shifts) {
-    int32_t word;
-    memcpy(&word, p, sizeof word);
-    __m128i b = _mm_unpacklo_epi8(_mm_cvtsi32_si128(word), _mm_cvtsi32_si128(word));
-    __m256i idx = _mm256_srlv_epi32(_mm256_cvtepu8_epi32(b), shifts);
-    __m256 low = _mm256_permutevar8x32_ps(lut_low, idx);
-    __m256 high = _mm256_permutevar8x32_ps(lut_high, idx);
-    return _mm256_blendv_ps(low, high, _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)));
-}
-
-static inline float reduce_add8(__m256 v) {
+typedef __m256 vec;
+static inline vec vzero() { return _mm256_setzero_ps(); }
+static inline vec vload(const float* p) { return _mm256_loadu_ps(p); }
+static inline vec vset1(float f) { return _mm256_set1_ps(f); }
+static inline vec vfma(vec a, vec b, vec c) { return _mm256_fmadd_ps(a, b, c); }
+static inline float vsum(vec v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
 }
-
-template <int MB>
-static void row_dot(const float* x, int64_t kp, const uint8_t* codes, const uint16_t* gains,
-                    int64_t group, float* out, int64_t ldo) {
-    const __m256 lut_low = _mm256_loadu_ps(LEVELS);
-    const __m256 lut_high = _mm256_loadu_ps(LEVELS + 8);
-    const __m256i shifts = _mm256_set_epi32(4, 0, 4, 0, 4, 0, 4, 0);
-    __m256 total[MB];
-    for (int i = 0; i < MB; i++) total[i] = _mm256_setzero_ps();
-    for (int64_t k0 = 0; k0 < kp; k0 += group) {
-        __m256 acc[MB];
-        for (int i = 0; i < MB; i++) acc[i] = _mm256_setzero_ps();
-        for (int64_t k = k0; k < k0 + group; k += 8) {
-            __m256 w = decode8(codes + k / 2, lut_low, lut_high, shifts);
-            for (int i = 0; i < MB; i++) acc[i] = _mm256_fmadd_ps(w, _mm256_loadu_ps(x + i * kp + k), acc[i]);
-        }
-        __m256 gain = _mm256_set1_ps(half_to_float(gains[k0 / group]));
-        for (int i = 0; i < MB; i++) total[i] = _mm256_fmadd_ps(acc[i], gain, total[i]);
-    }
-    for (int i = 0; i < MB; i++) out[i * ldo] = reduce_add8(total[i]);
+// 16 levels from two 8-entry permutes (index bits 0-2); bit 3, moved to the sign bit, picks one.
+// Bits above the nibble shift out.
+static inline vec lookup(__m256i index) {
+    const __m256 low = _mm256_permutevar8x32_ps(_mm256_loadu_ps(LEVELS), index);
+    const __m256 high = _mm256_permutevar8x32_ps(_mm256_loadu_ps(LEVELS + 8), index);
+    return _mm256_blendv_ps(low, high, _mm256_castsi256_ps(_mm256_slli_epi32(index, 28)));
+}
+static inline void vdecode(const uint8_t* p, vec* even, vec* odd) {
+    const __m256i bytes = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)p));
+    *even = lookup(bytes);
+    *odd = lookup(_mm256_srli_epi32(bytes, 4));
 }
 
 #else
 #define TURBO_VECTOR_WIDTH 2
-template <int MB>
-static void row_dot(const float* x, int64_t kp, const uint8_t* codes, const uint16_t* gains,
-                    int64_t group, float* out, int64_t ldo) {
-    float total[MB] = {0};
-    for (int64_t k0 = 0; k0 < kp; k0 += group) {
-        float acc[MB] = {0};
-        for (int64_t k = k0; k < k0 + group; k += 2) {
-            uint8_t byte = codes[k / 2];
-            float w0 = LEVELS[byte & 15], w1 = LEVELS[byte >> 4];
-            for (int i = 0; i < MB; i++) acc[i] += w0 * x[i * kp + k] + w1 * x[i * kp + k + 1];
-        }
-        float gain = half_to_float(gains[k0 / group]);
-        for (int i = 0; i < MB; i++) total[i] += acc[i] * gain;
-    }
-    for (int i = 0; i < MB; i++) out[i * ldo] = total[i];
+struct vec { float a, b; };
+static inline vec vzero() { return {0.0f, 0.0f}; }
+static inline vec vload(const float* p) { return {p[0], p[1]}; }
+static inline vec vset1(float f) { return {f, f}; }
+static inline vec vfma(vec a, vec b, vec c) { return {a.a * b.a + c.a, a.b * b.b + c.b}; }
+static inline float vsum(vec v) { return v.a + v.b; }
+static inline void vdecode(const uint8_t* p, vec* even, vec* odd) {
+    *even = {LEVELS[p[0] & 15], LEVELS[p[1] & 15]};
+    *odd = {LEVELS[p[0] >> 4], LEVELS[p[1] >> 4]};
 }
 #endif
+
+#define TURBO_STEP (2 * TURBO_VECTOR_WIDTH)
+
+// Activation rows x[M, Kp] -> each row's even elements, then its odd ones: out[M, Kp].
+static void split_pairs(const float* x, int64_t m, int64_t kp, float* out) {
+    for (int64_t i = 0; i < m; i++) {
+        const float* row = x + i * kp;
+        float* even = out + i * kp;
+        float* odd = even + kp / 2;
+        for (int64_t j = 0; j < kp / 2; j++) {
+            even[j] = row[2 * j];
+            odd[j] = row[2 * j + 1];
+        }
+    }
+}
+
+// ---- MB activation rows against RB weight rows: out[i * ldo + j] = <x[i], row j> ----------
+// x holds split rows (split_pairs). MB x RB independent accumulators: one row alone would wait
+// on its own FMA latency, so a decode step of one or two sequences takes four weight rows at once.
+
+template <int MB, int RB>
+static void tile_dot(const float* x, int64_t kp, const uint8_t* codes, const uint16_t* gains,
+                     int64_t group, float* out, int64_t ldo) {
+    const int64_t half = kp / 2, groups = kp / group;
+    vec total[MB][RB];
+    for (int i = 0; i < MB; i++)
+        for (int j = 0; j < RB; j++) total[i][j] = vzero();
+    for (int64_t k0 = 0; k0 < kp; k0 += group) {
+        vec acc[MB][RB];
+        for (int i = 0; i < MB; i++)
+            for (int j = 0; j < RB; j++) acc[i][j] = vzero();
+        for (int64_t b = k0 / 2; b < (k0 + group) / 2; b += TURBO_VECTOR_WIDTH) {  // byte b: weights 2b, 2b+1
+            vec even[RB], odd[RB];
+            for (int j = 0; j < RB; j++) vdecode(codes + j * half + b, &even[j], &odd[j]);
+            for (int i = 0; i < MB; i++) {
+                const vec x_even = vload(x + i * kp + b), x_odd = vload(x + i * kp + half + b);
+                for (int j = 0; j < RB; j++) acc[i][j] = vfma(odd[j], x_odd, vfma(even[j], x_even, acc[i][j]));
+            }
+        }
+        for (int j = 0; j < RB; j++) {
+            const vec gain = vset1(half_to_float(gains[j * groups + k0 / group]));
+            for (int i = 0; i < MB; i++) total[i][j] = vfma(acc[i][j], gain, total[i][j]);
+        }
+    }
+    for (int i = 0; i < MB; i++)
+        for (int j = 0; j < RB; j++) out[i * ldo + j] = vsum(total[i][j]);
+}
+
+// MB activation rows (1 or 2) against weight rows [r, r + 4), or one at a time past n.
+template <int MB>
+static void four_rows(const float* x, int64_t kp, const uint8_t* codes, const uint16_t* gains, int64_t n,
+                      int64_t group, float* out, int64_t r) {
+    const int64_t groups = kp / group;
+    if (r + 4 <= n) {
+        tile_dot<MB, 4>(x, kp, codes + r * (kp / 2), gains + r * groups, group, out + r, n);
+        return;
+    }
+    for (; r < n; r++) tile_dot<MB, 1>(x, kp, codes + r * (kp / 2), gains + r * groups, group, out + r, n);
+}
+
+// out[M, N] for split activation rows xs[M, Kp].
+static void split_matmul(const float* xs, int64_t m, int64_t kp, const uint8_t* codes, const uint16_t* gains,
+                         int64_t n, int64_t group, float* out) {
+    const int64_t groups = kp / group;
+    if (m <= 2) {
+#pragma omp parallel for schedule(static) if (m * n * kp >= PARALLEL_MIN_WORK)
+        for (int64_t r = 0; r < n; r += 4) {
+            if (m == 2) four_rows<2>(xs, kp, codes, gains, n, group, out, r);
+            else four_rows<1>(xs, kp, codes, gains, n, group, out, r);
+        }
+        return;
+    }
+#pragma omp parallel for schedule(static) if (m * n * kp >= PARALLEL_MIN_WORK)
+    for (int64_t r = 0; r < n; r++) {  // three to eight activation rows at a time
+        const uint8_t* row_codes = codes + r * (kp / 2);
+        const uint16_t* row_gains = gains + r * groups;
+        for (int64_t i = 0; i < m; i += 8) {
+            const float* xi = xs + i * kp;
+            float* oi = out + i * n + r;
+            switch (m - i < 8 ? m - i : 8) {
+                case 8: tile_dot<8, 1>(xi, kp, row_codes, row_gains, group, oi, n); break;
+                case 7: tile_dot<7, 1>(xi, kp, row_codes, row_gains, group, oi, n); break;
+                case 6: tile_dot<6, 1>(xi, kp, row_codes, row_gains, group, oi, n); break;
+                case 5: tile_dot<5, 1>(xi, kp, row_codes, row_gains, group, oi, n); break;
+                case 4: tile_dot<4, 1>(xi, kp, row_codes, row_gains, group, oi, n); break;
+                case 3: tile_dot<3, 1>(xi, kp, row_codes, row_gains, group, oi, n); break;
+                case 2: tile_dot<2, 1>(xi, kp, row_codes, row_gains, group, oi, n); break;
+                default: tile_dot<1, 1>(xi, kp, row_codes, row_gains, group, oi, n); break;
+            }
+        }
+    }
+}
 
 // ---- dense fp32 rows: a few activation rows times a plain row-major weight ---------------
 // A decode step of one to three sequences reads every weight once and does little math with
@@ -159,33 +220,17 @@ static inline float dense_dot(const float* w, const float* x, int64_t k) {
 
 extern "C" {
 
-// Which vector path this build took: 16 (AVX-512), 8 (AVX2) or 2 (scalar). Group sizes must be
-// multiples of it (kernels/cpu.py sends other sizes to the torch path).
-int turbo_vector_width(void) { return TURBO_VECTOR_WIDTH; }
+// Weights per step of this build's vector path: 32 (AVX-512), 16 (AVX2) or 4 (scalar). Group sizes
+// must be multiples of it (kernels/cpu.py sends other sizes to the torch path).
+int turbo_vector_width(void) { return TURBO_STEP; }
 
-// out[M, N] = x[M, Kp] @ dequantized(codes, gains)[N, Kp].T, up to eight activation rows per decode.
+// out[M, N] = x[M, Kp] @ dequantized(codes, gains)[N, Kp].T, for the batches of a decode step.
 void turbo_matmul_f32(const float* x, int64_t m, int64_t kp, const uint8_t* codes, const uint16_t* gains,
                       int64_t n, int64_t group, float* out) {
-    const int64_t groups = kp / group;
-#pragma omp parallel for schedule(static) if (m * n * kp >= PARALLEL_MIN_WORK)
-    for (int64_t r = 0; r < n; r++) {
-        const uint8_t* row_codes = codes + r * (kp / 2);
-        const uint16_t* row_gains = gains + r * groups;
-        for (int64_t i = 0; i < m; i += 8) {
-            const float* xi = x + i * kp;
-            float* oi = out + i * n + r;
-            switch (m - i < 8 ? m - i : 8) {
-                case 8: row_dot<8>(xi, kp, row_codes, row_gains, group, oi, n); break;
-                case 7: row_dot<7>(xi, kp, row_codes, row_gains, group, oi, n); break;
-                case 6: row_dot<6>(xi, kp, row_codes, row_gains, group, oi, n); break;
-                case 5: row_dot<5>(xi, kp, row_codes, row_gains, group, oi, n); break;
-                case 4: row_dot<4>(xi, kp, row_codes, row_gains, group, oi, n); break;
-                case 3: row_dot<3>(xi, kp, row_codes, row_gains, group, oi, n); break;
-                case 2: row_dot<2>(xi, kp, row_codes, row_gains, group, oi, n); break;
-                default: row_dot<1>(xi, kp, row_codes, row_gains, group, oi, n); break;
-            }
-        }
-    }
+    float* xs = new float[m * kp];
+    split_pairs(x, m, kp, xs);
+    split_matmul(xs, m, kp, codes, gains, n, group, out);
+    delete[] xs;
 }
 
 // Rows [0, n) of the dequantized weight into out[n, Kp] (float32), for the large-batch path.

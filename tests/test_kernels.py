@@ -20,7 +20,7 @@ from localai.quant.turboquant import dequantize_rotated, quantize_weight
 
 # (N, K, group): SmolLM2's 576 and 1536 inputs, an odd N, K=100 padded to a 128 block
 SHAPES = [(97, 576, 64), (64, 1536, 64), (33, 100, 32), (192, 1024, 128)]
-BATCHES = [1, 3, 17, 40]  # 40 takes the chunked dequantize + BLAS path
+BATCHES = [1, 2, 3, 17, 40]  # 1-3: weight rows four at a time; 40 takes the chunked dequantize + BLAS path
 
 
 @functools.lru_cache(maxsize=None)
@@ -85,15 +85,16 @@ def test_torch_fallback_matches_reference(n, k, group):
 
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64") or shutil.which("g++") is None,
                     reason="portable x86 builds need g++ on x86-64")
-@pytest.mark.parametrize("march,width", [("x86-64-v3", 8), ("x86-64", 2)])
+@pytest.mark.parametrize("march,width", [("x86-64-v3", 16), ("x86-64", 4)])  # weights per step
 def test_portable_builds_match_reference(tmp_path, march, width):
     lib = cpu.load_library(cpu.build_library(march, cache_dir=tmp_path))
     assert lib.turbo_vector_width() == width
     for n, k, group in SHAPES[:3]:
         p = packed(n, k, group)
-        x = torch.randn(5, p.layout.k_padded)
-        got = cpu.matmul_native(x, p.codes, p.gains, group, lib)
-        assert rel_err(got, reference.turbo_matmul(x, p.codes, p.gains, group)) < 1e-5
+        for m in (1, 2, 3, 5):  # weight rows four at a time (and a tail), then activation rows
+            x = torch.randn(m, p.layout.k_padded)
+            got = cpu.matmul_native(x, p.codes, p.gains, group, lib)
+            assert rel_err(got, reference.turbo_matmul(x, p.codes, p.gains, group)) < 1e-5
         x_in = torch.randn(3, k)
         signs = random_signs(p.layout.k_padded, 4)
         torch.testing.assert_close(cpu.rotate(x_in, signs, p.layout.block), rotate(x_in, signs, p.layout.block))
