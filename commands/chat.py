@@ -35,6 +35,9 @@ def main(
 
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                             seed=seed).validate(UsageError)
+    from localai.loading import check_dtype_name
+
+    check_dtype_name(dtype, UsageError)
     if voice and not (speak or speak_out):
         raise UsageError("--voice applies to spoken answers", "add --speak (or --speak-out FILE.wav)")
     if speak_out:  # before the model loads, not after

@@ -39,6 +39,9 @@ def main(
 
     if jsonl and json_output:
         raise UsageError("--json and --jsonl exclude each other", "pass one of them")
+    from localai.loading import check_dtype_name
+
+    check_dtype_name(dtype, UsageError)
     batch = parse_batch_size(batch_size, UsageError)
     defaults = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                               min_p=min_p, repetition_penalty=repetition_penalty, stop=tuple(stop or ())).validate(UsageError)
@@ -60,6 +63,11 @@ def main(
     from localai.engine.events import RequestResult
     from localai.engine.ordered import in_order
 
+    if compile:
+        from localai.device import resolve_device
+
+        if resolve_device() != "cuda":
+            raise UsageError("--compile needs a CUDA GPU", "drop --compile on the CPU")
     info(f"loading {model}...")
     engine = Engine.load(model, dtype=dtype, decode_mode="compile" if compile else None, notice=info)
     if engine.fallback_reason:

@@ -59,21 +59,28 @@ def _check_weights(folder: Path) -> None:
     raise LocalaiError(f"{folder} has no weights (*.safetensors)", DOWNLOAD_HINT)
 
 
+DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
+               "half": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16"}
+
+
+def check_dtype_name(dtype: str, error=LocalaiError) -> None:
+    """A --dtype value that is no dtype, refused before anything loads (`error`: the class to raise)."""
+    if dtype != "auto" and dtype not in DTYPE_NAMES:
+        raise error(f"unknown dtype {dtype!r}", f"Use one of: auto, {', '.join(DTYPE_NAMES)}")
+
+
 def pick_dtype(device: str, dtype: Optional[str] = None):
     """torch dtype from a name ('auto', 'float32', 'bf16', ...): auto = bf16/fp16 on CUDA, fp32 on CPU."""
     import torch
 
-    names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-             "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
     if dtype in (None, "auto"):
         if device.startswith("cuda"):
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float32
     if isinstance(dtype, torch.dtype):
         return dtype
-    if dtype not in names:
-        raise LocalaiError(f"unknown dtype {dtype!r}", f"Use one of: auto, {', '.join(names)}")
-    return names[dtype]
+    check_dtype_name(dtype)
+    return getattr(torch, DTYPE_NAMES[dtype])
 
 
 def _first_line(exc: BaseException) -> str:

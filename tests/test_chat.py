@@ -289,3 +289,9 @@ def test_chat_in_a_terminal_streams_keeps_going_after_ctrl_c_and_exits(tiny_llam
     assert term.wait() == 0
     assert len(json.loads(saved.read_text())["messages"]) == 2
     assert "Hello" in (tmp_path / "home" / "chat_history").read_text()  # readline history was kept
+
+
+def test_an_unknown_dtype_is_a_usage_error_before_loading(tmp_path, localai_home):
+    result = runner.invoke(app, ["chat", str(tmp_path / "absent"), "--dtype", "int3"], input="Hi\n")
+    assert result.exit_code == 2 and "unknown dtype 'int3'" in result.stderr
+

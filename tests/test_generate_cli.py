@@ -183,6 +183,14 @@ def test_an_empty_raw_prompt_is_a_usage_error_before_loading(tmp_path):
     assert "prompt 2 is empty" in one_line_error(generate(tmp_path / "absent", "Hi", "", "--raw"), 2)
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--dtype", "float8"], "unknown dtype 'float8'"),
+    (["--compile"], "--compile needs a CUDA GPU"),  # --device cpu
+])
+def test_flags_the_device_or_loader_cannot_take_are_usage_errors_before_loading(tmp_path, args, message):
+    assert message in one_line_error(generate(tmp_path / "absent", "Hi", *args), 2)
+
+
 def test_unknown_model_is_a_one_line_error(tmp_path, localai_home):
     line = one_line_error(generate(tmp_path / "nothing-here", "hi"))
     assert "nothing-here" in line
