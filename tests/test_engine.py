@@ -367,3 +367,20 @@ def test_sliding_window_attention_matches_transformers(tmp_path_factory):
     assert engine.runner.kind == "lean" and engine.runner.model.windows == {4}
     results = generate_batch(engine, fixed_length(engine, PROMPTS, 16), batch_size=3)
     assert [r.token_ids for r in results] == reference_ids(folder, PROMPTS, 16)
+
+
+@pytest.mark.parametrize("family, tied", [("tiny_qwen3", True), ("tiny_llama", False)])
+def test_a_cpu_plan_keeps_room_for_the_packed_copy_of_a_tied_head(family, tied, request, monkeypatch):
+    """Batched CPU steps pack the weights for oneDNN: each packed copy replaces its weight, except a
+    head tied to the embedding, which the embedding keeps: the plan must not hand that memory out."""
+    import localai.engine.api as api
+
+    engine = Engine(*load(request.getfixturevalue(family)))
+    head = engine.runner.model.head.weight
+    extra = head.numel() * head.element_size() if tied else 0
+    monkeypatch.setattr(api, "memory_info", lambda device: (4 << 30, 8 << 30))
+    plan = engine.plan_for([engine.request("Hi", chat=False)] * 64, batch_size=8)
+    assert plan.available_bytes == (4 << 30) - extra
+    assert plan.model_bytes == engine.model_bytes + extra
+    engine.prepare(plan)  # batch 8: packs; the plan left room for what that added
+    assert engine.runner.weight_bytes() >= extra and engine.runner.packing_bytes() == 0

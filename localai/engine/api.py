@@ -96,8 +96,9 @@ class Engine:
         wanted = max_ctx or max(len(r.prompt_ids) + r.params.max_new_tokens for r in requests)
         available, total = memory_info(self.device)
         available += self.runner.cache_bytes()  # the current cache is replaced, so it counts as free
-        return plan_memory(self.shape, device=self.kind, available_bytes=available, total_bytes=total,
-                           model_bytes=self.model_bytes, wanted_ctx=wanted, min_ctx=longest + 1,
+        packing = self.runner.packing_bytes()  # a batched plan packs weights; a tied head's copy is extra
+        return plan_memory(self.shape, device=self.kind, available_bytes=available - packing, total_bytes=total,
+                           model_bytes=self.model_bytes + packing, wanted_ctx=wanted, min_ctx=longest + 1,
                            requests=len(requests), batch_cap=BATCH_CAP[self.kind],
                            prefill_tokens=self.prefill_tokens, requested_batch=batch_size)
 

@@ -258,6 +258,7 @@ class LeanModel:
         self.windows = set(windows) - {None}
         self.norm = make_norm(inner.norm)
         self.head = Projection([model.get_output_embeddings()])  # a tied embedding keeps its own weight
+        self.head_tied = model.get_output_embeddings().weight is self.embed.weight
         self.rotary = inner.rotary_emb
         self.heads = config.num_attention_heads
         self.kv_heads = config.num_key_value_heads
@@ -280,6 +281,15 @@ class LeanModel:
     def packed_bytes(self) -> int:
         """Bytes of the weights the engine holds in oneDNN's layout (outside the model's parameters)."""
         return sum(p.packed_bytes() for p in self.projections())
+
+    def packing_bytes(self) -> int:
+        """Bytes that packing for batches would add: a packed copy replaces each weight it is made
+        from, except a head tied to the embedding, whose weight the embedding still holds."""
+        head = self.head
+        if not self.head_tied or head.packed is not None or not head.fused or head.turbo \
+                or pack_for_cpu(head.weight[:1]) is None:
+            return 0
+        return head.weight.numel() * head.weight.element_size()
 
     # --- cache -------------------------------------------------------------------------
     def allocate(self, slots: int, max_ctx: int) -> KVCache:

@@ -59,6 +59,10 @@ class LeanRunner:
         """Weights held outside the model's parameters (packed for oneDNN on the CPU)."""
         return self.model.packed_bytes()
 
+    def packing_bytes(self) -> int:
+        """What packing for batched steps would add to weight_bytes (see LeanModel.packing_bytes)."""
+        return self.model.packing_bytes()
+
     def prefill(self, tokens, start, slot0, kv_len, last, lengths=None) -> torch.Tensor:
         return self.model(tokens, start, slot0, kv_len, last)
 
@@ -125,6 +129,9 @@ class FallbackRunner:
         return 0  # grows with use; accounted for by the sizing estimate
 
     def weight_bytes(self) -> int:
+        return 0
+
+    def packing_bytes(self) -> int:
         return 0
 
     def _step(self, slot: int, tokens: torch.Tensor, start: int) -> torch.Tensor:
