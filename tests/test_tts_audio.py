@@ -1,6 +1,7 @@
 """Fallback engine, audio output and speech sessions (no sound card needed); `localai speak` is in test_speak_cli.py."""
 
 import signal
+import sys
 import threading
 
 import numpy as np
@@ -235,3 +236,44 @@ def test_start_speech_for_chat_keeps_one_wav_across_answers(no_speaker, tmp_path
     assert rate == 16000 and rms(audio) > 0.02
 
 
+
+
+def test_resampling_is_seamless_across_chunks_and_keeps_the_pitch():
+    from localai.tts.resample import Resampler
+
+    tone = np.sin(2 * np.pi * 440 * np.arange(16000) / 16000).astype(np.float32)  # 1 s at 16 kHz
+    whole = Resampler(16000, 48000)(tone)
+    resampler, pieces, start = Resampler(16000, 48000), [], 0
+    for size in (1, 999, 4000, 3, 7000, 3997):
+        pieces.append(resampler(tone[start:start + size]))
+        start += size
+    chunked = np.concatenate(pieces)
+    np.testing.assert_allclose(chunked, whole, atol=1e-6)
+    assert abs(len(whole) - 48000) <= 3
+    assert np.argmax(np.abs(np.fft.rfft(whole))) == 440  # 1 s of audio: bin k is k Hz
+
+
+class FakeSoundDevice:
+    """sounddevice whose default output plays only at 48 kHz, as some sound cards do."""
+
+    class OutputStream(FakeSpeaker):
+        def __init__(self, samplerate, channels, dtype):
+            if samplerate != 48000:
+                raise RuntimeError("Error opening OutputStream: Invalid sample rate [PaErrorCode -9997]")
+            super().__init__()
+            self.samplerate = samplerate
+
+    @staticmethod
+    def query_devices(kind):
+        return {"name": "speakers", "default_samplerate": 48000.0}
+
+
+def test_a_device_that_refuses_the_engines_rate_plays_resampled_audio(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "sounddevice", FakeSoundDevice)
+    output = open_output(16000, play=True, out_path=tmp_path / "a.wav")
+    assert output.speaker.samplerate == 48000
+    output.write(np.sin(2 * np.pi * 440 * np.arange(16000) / 16000).astype(np.float32))
+    speaker = output.speaker
+    output.close()
+    assert abs(len(speaker.audio) - 48000) <= 3 and rms(speaker.audio) > 0.5
+    assert soundfile.info(tmp_path / "a.wav").samplerate == 16000  # the file keeps the engine's rate

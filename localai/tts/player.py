@@ -23,6 +23,7 @@ import numpy as np
 
 from localai.console import warn
 from localai.errors import LocalaiError
+from localai.tts.resample import Resampler
 
 _END = None
 MAX_QUEUED_S = 30.0  # audio waiting for the speaker; a writer further ahead waits (a long text is not
@@ -34,17 +35,32 @@ class PlaybackUnavailable(LocalaiError):
 
 
 def open_speaker(sample_rate: int):
-    """A started sounddevice OutputStream (mono float32) at `sample_rate`."""
+    """A started sounddevice OutputStream (mono float32) at `sample_rate`, or at the output device's
+    own rate when it refuses that one (its `samplerate` then differs: AudioOutput resamples)."""
     try:
         import sounddevice
     except OSError as exc:  # raised at import when the PortAudio library is missing
         raise PlaybackUnavailable(f"no audio playback: {exc}", "install PortAudio (libportaudio2)") from None
     try:
-        stream = sounddevice.OutputStream(samplerate=sample_rate, channels=1, dtype="float32")
+        return _started_stream(sounddevice, sample_rate)
+    except Exception as exc:  # sounddevice.PortAudioError and friends: no usable device, or not at this rate
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    try:
+        device_rate = int(sounddevice.query_devices(kind="output")["default_samplerate"])
+        if device_rate != sample_rate:
+            return _started_stream(sounddevice, device_rate)
+    except Exception:  # no output device at all: report the first failure
+        pass
+    raise PlaybackUnavailable(f"no audio playback: {reason}", "connect an output device")
+
+
+def _started_stream(sounddevice, rate: int):
+    stream = sounddevice.OutputStream(samplerate=rate, channels=1, dtype="float32")
+    try:
         stream.start()
-    except Exception as exc:  # sounddevice.PortAudioError and friends: no usable device
-        raise PlaybackUnavailable(f"no audio playback: {str(exc).splitlines()[0]}",
-                                  "connect an output device") from None
+    except Exception:
+        stream.close()
+        raise
     return stream
 
 
@@ -109,6 +125,9 @@ class AudioOutput:
         self.wav = WavWriter(out_path, sample_rate) if out_path else None
         self._out_path = out_path
         self.speaker = speaker
+        speaker_rate = int(getattr(speaker, "samplerate", sample_rate) or sample_rate)
+        self.speaker_rate = speaker_rate
+        self._to_speaker = Resampler(sample_rate, speaker_rate) if speaker_rate != sample_rate else None
         self.samples = 0  # taken so far, at sample_rate
         self.failures: dict[str, str] = {}  # "speaker" / "wav" -> why it stopped
         self._epoch = 0  # bumped by interrupt(); chunks queued before it are dropped
@@ -192,7 +211,9 @@ class AudioOutput:
 
     def _play(self, chunk: np.ndarray, epoch: int) -> None:
         """Write in ~0.1 s slices so an interrupt is heard quickly; it also flushes the device buffer."""
-        step = max(1, self.sample_rate // 10)
+        if self._to_speaker is not None:  # the device plays at its own rate
+            chunk = self._to_speaker(chunk)
+        step = max(1, self.speaker_rate // 10)
         for start in range(0, len(chunk), step):
             with self._lock:
                 current = epoch == self._epoch
