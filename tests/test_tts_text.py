@@ -24,6 +24,14 @@ def test_abbreviations_initials_and_decimals_do_not_end_sentences(step):
     ]
 
 
+@pytest.mark.parametrize("step", [1, 5, 1000])
+def test_an_abbreviation_that_ends_a_sentence_ends_it_before_a_capital(step):
+    text = "Bring pens, paper, etc. The shop opens at 9 a.m. Then we go, etc. and so on. Ask Dr. Who in the U.S. Army."
+    assert split_streamed(text, step) == [
+        "Bring pens, paper, etc.", "The shop opens at 9 a.m.", "Then we go, etc. and so on.",
+        "Ask Dr. Who in the U.S. Army."]
+
+
 @pytest.mark.parametrize("step", [1, 4, 1000])
 def test_numbered_and_bulleted_lists_split_per_item(step):
     text = "Steps to follow:\n1. Open the lid.\n2. Pour 2.5 cups of water\n- stir well for a minute\n3. Done"

@@ -3,7 +3,8 @@
 A sentence ends at . ! ? or … followed by whitespace (closing quotes and brackets stay with
 it), at the Devanagari danda । and the Arabic ؟ likewise, at the full-width 。！？ even
 without a space (Chinese, Japanese), or at a line break. Not at abbreviations ("Dr.", "e.g."), initials ("J. K."),
-decimals ("3.14"), list numbers ("2. item"). A period at the very end of the text seen so
+decimals ("3.14"), list numbers ("2. item"), except where one that often ends a sentence ("etc.",
+"p.m.") is followed by a capital letter. A period at the very end of the text seen so
 far waits for the next character. Sentences shorter than `min_chars` are held and joined
 with the next one; fenced code blocks stay whole; `flush()` returns whatever is left.
 """
@@ -16,6 +17,9 @@ ABBREVIATIONS = frozenset(
     "mr mrs ms dr prof sr jr st mt vs etc e.g i.e eg ie cf al approx no nos fig figs vol p pp ch sec dept est "
     "inc ltd co corp jan feb mar apr jun jul aug sep sept oct nov dec mon tue wed thu fri sat sun u.s a.m p.m".split()
 )
+# abbreviations that often end a sentence too: there, a capital letter after them starts the next one
+# ("Dr." and "U.S." are not here: "Dr. Smith", "the U.S. Army")
+SENTENCE_FINAL = frozenset("etc a.m p.m inc ltd corp jr".split())
 WIDE_TERMINATORS = "。！？｡"  # end a sentence without a space after them
 TERMINATORS = ".!?…।॥؟" + WIDE_TERMINATORS
 CLOSERS = "\"')]}”’»」』）】》〕"
@@ -56,9 +60,19 @@ def find_boundary(text: str) -> int | None:
                 end += 1
             if end == n:
                 return None  # the next character decides
-            if char in WIDE_TERMINATORS or (
-                    text[end].isspace() and not (char == "." and end == i + 1 and _is_false_stop(text, i))):
+            if char in WIDE_TERMINATORS:
                 return end
+            if text[end].isspace():
+                if not (char == "." and end == i + 1):
+                    return end
+                if _word_before(text, i) in SENTENCE_FINAL:
+                    following = text[end:].lstrip()
+                    if not following:
+                        return None  # the next word decides
+                    if following[0].isupper():
+                        return end
+                elif not _is_false_stop(text, i):
+                    return end
             i = end
             continue
         i += 1
