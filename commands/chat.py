@@ -65,6 +65,10 @@ def main(
 
         raise LocalaiError(f"{model} has no chat template, so it cannot hold a conversation",
                            "for plain text completion use `localai generate MODEL --raw PROMPT`")
+    longest = min(context, engine.shape.max_positions)  # memory may shorten it further: checked again below
+    if longest <= max_new_tokens:
+        raise UsageError(f"--max-new-tokens {max_new_tokens} leaves no room for the prompt in a "
+                         f"{longest}-token context", "lower --max-new-tokens")
     speech = None
     if speak or speak_out:  # before the memory plan: what the speech model takes is not there for the cache
         from localai.tts.session import start_speech

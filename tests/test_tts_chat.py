@@ -62,3 +62,11 @@ def test_chat_speech_flags_are_checked_before_the_model_loads(tmp_path, localai_
     assert out.exit_code == 1 and f"the folder {missing.parent} does not exist" in out.stderr
     assert "loading" not in out.stderr
 
+
+
+def test_chat_refuses_an_answer_longer_than_the_context_before_opening_the_wav(tiny_llama, tmp_path, localai_home):
+    wav = tmp_path / "a.wav"
+    result = runner.invoke(app, ["--device", "cpu", "chat", str(tiny_llama), "--speak-out", str(wav),
+                                 "--max-new-tokens", "600"], input="Hi\n")  # the tiny model's context: 512
+    assert result.exit_code == 2 and "leaves no room for the prompt in a 512-token context" in result.stderr
+    assert list(tmp_path.iterdir()) == []  # no WAV, empty or temporary
