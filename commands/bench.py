@@ -76,14 +76,22 @@ def compare_reports(
     as_json: bool = typer.Option(False, "--json", help="The comparison as JSON."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the comparison to this file."),
 ) -> None:
-    """Compare two bench reports and flag changes beyond the threshold."""
+    """Compare two bench reports and flag changes beyond the threshold.
+
+    Exit code 0 when nothing got worse, 3 when some metric of B is worse than A's beyond the
+    threshold (a regression, for CI), 1 or 2 on errors.
+    """
     import json
 
-    from localai.bench.compare import compare, parse_threshold, render_comparison
+    from localai.bench.compare import REGRESSION_EXIT, compare, parse_threshold, render_comparison
     from localai.bench.report import load_report
+    from localai.console import warn
 
     result = compare(load_report(a), load_report(b), parse_threshold(threshold))
     _deliver(json.dumps(result, indent=2) + "\n" if as_json else render_comparison(result), output)
+    if result["regressions"]:
+        warn(f"{result['regressions']} metric(s) of B are worse than A beyond ±{result['threshold'] * 100:g}%")
+        raise typer.Exit(REGRESSION_EXIT)
 
 
 def _deliver(text: str, output: Optional[Path]) -> None:

@@ -147,10 +147,13 @@ def test_bench_compare_command(tmp_path):
     a.write_text(render(fake_report(1.0), "json"))
     b.write_text(render(fake_report(0.8), "json"))
     result = runner.invoke(app, ["bench", "compare", str(a), str(b), "--threshold", "5%"])
+    assert result.exit_code == 3, result.stderr  # B is slower: a regression fails a CI job
+    assert "WORSE" in result.stdout and "worse than A" in result.stderr
+    result = runner.invoke(app, ["bench", "compare", str(a), str(b), "--json", "-o", str(tmp_path / "c.json")])
+    assert result.exit_code == 3 and json.loads((tmp_path / "c.json").read_text())["regressions"] > 0
+    result = runner.invoke(app, ["bench", "compare", str(b), str(a)])  # A slower than B: only better
     assert result.exit_code == 0, result.stderr
-    assert "WORSE" in result.stdout and result.stderr == ""
-    result = runner.invoke(app, ["bench", "compare", str(a), str(b), "--json"])
-    assert json.loads(result.stdout)["flagged"] > 0
+    assert "BETTER" in result.stdout and "WORSE" not in result.stdout and result.stderr == ""
 
 
 def _edited(edit) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from localai.errors import LocalaiError, UsageError
 
+REGRESSION_EXIT = 3  # `bench compare` exit code when B is worse than A on some metric (1 and 2 are errors)
 # metric -> True when higher is better
 WATCHED = {
     "request_throughput": True, "output_throughput": True, "total_token_throughput": True,
@@ -47,7 +48,8 @@ def compare(a: dict, b: dict, threshold: float) -> dict:
     rows = [row for row in rows if row is not None]
     return {"a": a["environment"].get("command"), "b": b["environment"].get("command"), "threshold": threshold,
             "workload_differs": a["workload"] != b["workload"], "rows": rows,
-            "flagged": sum(row["verdict"] != "same" for row in rows)}
+            "flagged": sum(row["verdict"] != "same" for row in rows),
+            "regressions": sum(row["verdict"] == "worse" for row in rows)}
 
 
 def _row(run_a: dict, run_b: dict, metric: str, higher_is_better: bool, threshold: float) -> dict | None:
@@ -76,5 +78,6 @@ def render_comparison(result: dict) -> str:
     widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
     for row in [header, *body]:
         lines.append("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip())
-    lines.append(f"{result['flagged']} change(s) beyond ±{result['threshold'] * 100:g}%")
+    lines.append(f"{result['flagged']} change(s) beyond ±{result['threshold'] * 100:g}%, "
+                 f"{result['regressions']} of them worse")
     return "\n".join(lines) + "\n"
