@@ -72,6 +72,22 @@ def test_unknown_format(tiny_llama):
     assert "unknown format 'xml'" in one_line_error(bench(tiny_llama, "--format", "xml"), code=2)
 
 
+@TWO_CORES
+def test_a_prompts_file_shorter_than_the_replicas_is_a_usage_error(tiny_llama, tmp_path):
+    """One prompt for two replicas left one idle, yet the run was reported as dp2 with its scaling."""
+    prompts = tmp_path / "one.txt"
+    prompts.write_text("The capital of France is\n")
+    line = one_line_error(bench(tiny_llama, "--dp", 2, "--prompts", prompts, *SMALL), code=2)
+    assert "1 request(s) leave some of the 2 replicas idle" in line and "--num-requests 2" in line
+
+
+@TWO_CORES
+def test_tensor_parallel_ranks_share_even_one_request(tiny_llama):
+    result = bench(tiny_llama, "--tp", 2, "--num-requests", 1, *SMALL, "--format", "json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["runs"][0]["metrics"]["completed"] == 1
+
+
 def test_dp_beyond_the_cores(tiny_llama):
     line = one_line_error(bench(tiny_llama, "--dp", 999, *SMALL))
     assert "--dp 999 needs 999 CPU cores" in line
@@ -91,7 +107,7 @@ def test_input_beyond_the_context(tiny_llama):
     (["--tp", "0"], "both count processes, at least 1"),
     (["--dp", "-1"], "both count processes, at least 1"),
     (["--num-requests", "0"], "--num-requests 0 is not a positive number"),
-    (["--dp", "2", "--num-requests", "1"], "--num-requests 1 leaves some of the 2 processes idle"),
+    (["--dp", "2", "--num-requests", "1"], "1 request(s) leave some of the 2 replicas idle"),
     (["--output-len", "0"], "--output-len 0 is not a positive number"),
     (["--json", "--format", "csv"], "--json and --format csv ask for different formats"),
 ])

@@ -61,9 +61,6 @@ def _check_flags(o: BenchOptions) -> tuple[bool, int | None]:
         raise UsageError(f"unknown --emit {o.emit!r}", "use --emit vllm")
     if o.dp < 1 or o.tp < 1:
         raise UsageError(f"--dp {o.dp} / --tp {o.tp}: both count processes, at least 1", "use e.g. --dp 2")
-    if o.num_requests is not None and 0 < o.num_requests < max(o.dp, o.tp):
-        raise UsageError(f"--num-requests {o.num_requests} leaves some of the {max(o.dp, o.tp)} processes idle",
-                         f"use --num-requests {max(o.dp, o.tp)} or more")
     compare = o.compare is not None
     if compare and sorted(p.strip() for p in o.compare.split(",")) != ["dp", "tp"]:
         raise UsageError(f"--compare {o.compare!r} is not understood", "use --compare dp,tp")
@@ -115,7 +112,15 @@ def prepare(o: BenchOptions) -> Prepared:
     plan = make_plan(facts, workload, device, dp, tp, compare=compare, scaling=o.scaling, batch_size=batch_size,
                      warmup=o.warmup, repeats=o.repeats, decode_mode=o.decode_mode,
                      verbosity=settings.verbosity)
+    _check_replicas_busy(workload, len(plan.places) if plan.wants_dp else 1)
     return Prepared(o, hub_id, facts, workload, batch_size, plan)
+
+
+def _check_replicas_busy(workload: Workload, replicas: int) -> None:
+    """Every data-parallel replica needs a request (tensor-parallel ranks all share every request)."""
+    if workload.num_requests < replicas:
+        raise UsageError(f"{workload.num_requests} request(s) leave some of the {replicas} replicas idle",
+                         f"use --num-requests {replicas} or more (prompts from a file are repeated)")
 
 
 def _workload(o: BenchOptions, facts: ModelFacts, path: Path) -> Workload:
