@@ -1,6 +1,7 @@
 """Metric arithmetic of `localai bench` on hand-made timelines."""
 
 import math
+import re
 
 import pytest
 
@@ -10,7 +11,7 @@ from localai.bench.launcher import WorkerRun
 from localai.bench.metrics import RequestTrace, over_repeats, percentile, step_split, summarize
 from localai.bench.model import ModelFacts
 from localai.bench.worker import WorkerSpec
-from localai.bench.workload import Workload, check_context, random_workload, split
+from localai.bench.workload import Workload, check_context, random_workload, read_prompts_file, split
 from localai.errors import LocalaiError
 
 
@@ -96,6 +97,27 @@ def test_workload_lengths_are_checked():
     check_context(work, 130)
     with pytest.raises(LocalaiError, match="beyond the model's context of 128"):
         check_context(work, 128)
+
+
+def test_prompts_file_reads_text_and_json_lines(tmp_path):
+    path = tmp_path / "prompts.txt"
+    path.write_bytes('\ufeff{"prompt": "caf\u00e9"}\r\n\n  plain text  \n{"prompt": "", "id": 3}\n'.encode("utf-8"))
+    assert read_prompts_file(path) == ["caf\u00e9", "plain text", ""]
+
+
+@pytest.mark.parametrize("content, message", [
+    (b'ok\n{"prompt": null}\n', "prompts.txt:2: not a JSON object with a \"prompt\" string"),
+    (b'{"prompt": 5}\n', "prompts.txt:1: not a JSON object"),
+    (b'{"text": "hi"}\n', "prompts.txt:1: not a JSON object"),
+    (b'{oops\n', "prompts.txt:1: not a JSON object"),
+    (b"caf\xe9\n", "is not UTF-8 text"),
+    (b"\n  \n", "has no prompts"),
+])
+def test_bad_prompts_files_are_one_line_errors(tmp_path, content, message):
+    path = tmp_path / "prompts.txt"
+    path.write_bytes(content)
+    with pytest.raises(LocalaiError, match=re.escape(message)):
+        read_prompts_file(path)
 
 
 def test_requests_split_evenly_in_order():

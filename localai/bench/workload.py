@@ -57,21 +57,33 @@ def read_prompts_file(path: Path) -> list[str]:
     """One prompt per line; a line that starts with `{` is JSON with a "prompt" field."""
     if not path.is_file():
         raise LocalaiError(f"prompts file {path} not found", "pass an existing file to --prompts")
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is not part of the first prompt
+    except UnicodeDecodeError as exc:
+        raise LocalaiError(f"prompts file {path} is not UTF-8 text ({exc.reason} at byte {exc.start})",
+                           "save it as UTF-8") from None
     prompts = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(text.splitlines(), start=1):
         line = line.strip()
         if not line:
             continue
         if line.startswith("{"):
-            try:
-                line = json.loads(line)["prompt"]
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise LocalaiError(f"{path}:{number}: not a JSON object with a \"prompt\" string",
-                                   "write one prompt per line, or {\"prompt\": \"...\"} per line") from None
-        prompts.append(str(line))
+            line = _json_prompt(path, number, line)
+        prompts.append(line)
     if not prompts:
         raise LocalaiError(f"prompts file {path} has no prompts", "write one prompt per line")
     return prompts
+
+
+def _json_prompt(path: Path, number: int, line: str) -> str:
+    try:
+        prompt = json.loads(line).get("prompt")
+    except json.JSONDecodeError:  # a line that starts with "{" and parses is an object
+        prompt = None
+    if not isinstance(prompt, str):  # null or a number would be benchmarked as the text "None" or "5"
+        raise LocalaiError(f"{path}:{number}: not a JSON object with a \"prompt\" string",
+                           "write one prompt per line, or {\"prompt\": \"...\"} per line")
+    return prompt
 
 
 def file_workload(path: Path, encode, num_requests: int | None, output_len: int, seed: int) -> Workload:
