@@ -62,6 +62,14 @@ def test_replicas_aggregate_over_first_start_to_last_finish():
     assert row["decode_throughput"] == pytest.approx(3.0 + 1 / 3)
 
 
+def test_one_output_token_has_no_decode_figures():
+    row = summarize([[RequestTrace(0, 10, 0.0, [0.5]), RequestTrace(1, 10, 0.0, [0.5])]])
+    assert row["prefill_throughput"] == pytest.approx(40.0) and row["output_throughput"] == pytest.approx(4.0)
+    assert row["decode_throughput"] is None  # no decode step ran: not 0 tokens/s
+    assert row["mean_tpot_ms"] is None and row["mean_itl_ms"] is None  # undefined for one token
+    assert row["mean_e2el_ms"] == row["mean_ttft_ms"] == pytest.approx(500)
+
+
 def test_percentiles_interpolate_like_numpy():
     values = [1.0, 2.0, 3.0, 4.0, 10.0]
     assert percentile(values, 50) == 3.0

@@ -128,6 +128,23 @@ def step_split(traces: list[RequestTrace]) -> tuple[float, int, float, int]:
     return prefill_s, prefill_tokens, decode_s, decode_tokens
 
 
+def step_throughputs(replica_traces: list[list[RequestTrace]]) -> dict:
+    """Prefill and decode tokens/s, each replica's own rate summed; None where no replica ran such a
+    step (with --output-len 1 there are no decode steps: "0 tokens/s" would read as stalled)."""
+    prefill, decode = [], []
+    for replica in replica_traces:
+        replica = [t for t in replica if t.output_len > 0]
+        if not replica:
+            continue
+        prefill_s, prefill_tokens, decode_s, decode_tokens = step_split(replica)
+        if prefill_s > 0:
+            prefill.append(prefill_tokens / prefill_s)
+        if decode_s > 0:
+            decode.append(decode_tokens / decode_s)
+    return {"prefill_throughput": sum(prefill) if prefill else None,
+            "decode_throughput": sum(decode) if decode else None}
+
+
 def summarize(replica_traces: list[list[RequestTrace]], peak_memory_mb: list[float] | None = None) -> dict:
     """vLLM-named metrics for one timed run; `replica_traces` holds one list per replica."""
     traces = [t for replica in replica_traces for t in replica if t.output_len > 0]
@@ -146,16 +163,8 @@ def summarize(replica_traces: list[list[RequestTrace]], peak_memory_mb: list[flo
         "request_throughput": len(traces) / duration,
         "output_throughput": total_output / duration,
         "total_token_throughput": (total_input + total_output) / duration,
-        "prefill_throughput": 0.0,
-        "decode_throughput": 0.0,
+        **step_throughputs(replica_traces),
     }
-    for replica in replica_traces:
-        replica = [t for t in replica if t.output_len > 0]
-        if not replica:
-            continue
-        prefill_s, prefill_tokens, decode_s, decode_tokens = step_split(replica)
-        row["prefill_throughput"] += prefill_tokens / prefill_s if prefill_s > 0 else 0.0
-        row["decode_throughput"] += decode_tokens / decode_s if decode_s > 0 else 0.0
     row.update(describe_ms("ttft", [t.ttft for t in traces]))
     row.update(describe_ms("tpot", [t.tpot for t in traces if t.tpot is not None]))
     row.update(describe_ms("itl", [gap for t in traces for gap in t.itls]))
