@@ -137,6 +137,29 @@ def test_write_atomic_leaves_only_the_finished_file(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adir", "r.json"]  # no temporary file left
 
 
+def test_write_atomic_writes_into_a_pipe_and_through_a_link(tmp_path):
+    """-o /dev/stdout or a named pipe is written in place: renaming over it replaced the pipe (or, as
+    root, /dev/null itself) with a plain file. A link keeps pointing at the report it names."""
+    import os
+    import threading
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    received = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_text()), daemon=True)
+    reader.start()
+    write_atomic(fifo, "{}\n")
+    reader.join(timeout=10)
+    assert received == ["{}\n"] and fifo.is_fifo()
+    target, link = tmp_path / "reports" / "latest-1.json", tmp_path / "latest.json"
+    target.parent.mkdir()
+    target.write_text("old")
+    link.symlink_to(target)
+    write_atomic(link, "new\n")
+    assert link.is_symlink() and target.read_text() == "new\n"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["latest-1.json"]
+
+
 def test_an_unusable_output_is_refused_before_the_benchmark_runs(tmp_path):
     result = runner.invoke(app, ["bench", "run", str(tmp_path / "no-such-model"), "-o", str(tmp_path / "nope" / "r.json")])
     assert result.exit_code == 1 and "does not exist" in result.stderr  # not the model error: checked first

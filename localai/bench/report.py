@@ -8,6 +8,7 @@ import json
 import os
 import platform
 import shlex
+import stat
 import subprocess
 import sys
 import time
@@ -184,9 +185,24 @@ def render(report: dict, fmt: str) -> str:
     return {"table": render_table, "md": render_md, "csv": render_csv, "jsonl": render_jsonl}[fmt](report)
 
 
+def _is_stream(path: Path) -> bool:
+    """A pipe, terminal or device such as /dev/null or /dev/stdout: written in place, never renamed over."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
 def check_output_path(path: Path) -> Path:
-    """An --output the report can be written to, checked before any work is done."""
+    """An --output the report can be written to, checked before any work is done; a link stands for
+    the file it points to."""
     path = Path(path)
+    if _is_stream(path):
+        if not os.access(path, os.W_OK):
+            raise LocalaiError(f"cannot write to {path}", "choose another --output")
+        return path
+    path = Path(os.path.realpath(path))
     if not path.parent.is_dir():
         raise LocalaiError(f"folder {path.parent} does not exist", "create it or choose another --output")
     if path.is_dir():
@@ -198,8 +214,12 @@ def check_output_path(path: Path) -> Path:
 
 def write_atomic(path: Path, text: str) -> None:
     """Write to a temporary name in the same folder, then rename: never half a file, and no
-    temporary file left behind."""
+    temporary file left behind. A pipe or device (/dev/stdout, /dev/null) is written directly."""
     path = check_output_path(path)
+    if _is_stream(path):
+        with open(path, "w", encoding="utf-8") as stream:
+            stream.write(text)
+        return
     temp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         temp.write_text(text, encoding="utf-8")
