@@ -68,6 +68,18 @@ def test_compare_dp_tp_greedy_outputs_match(tiny_qwen3):
     assert "greedy outputs match" in table and "gloo" in table
 
 
+@TWO_CORES
+def test_compare_on_many_devices_uses_no_more_than_tp_can_shard(tiny_llama, monkeypatch):
+    """With neither --dp nor --tp, --compare takes every device: on an 8-core CPU that was --tp 8 for a
+    model with 2 key/value heads, refused with an error about a --tp 8 nobody had typed."""
+    from localai.bench import session
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.setattr(session, "_device_count", lambda device: 8)
+    prepared = session.prepare(session.BenchOptions(model=str(tiny_llama), compare="dp,tp", num_requests=4))
+    assert (prepared.plan.dp, prepared.plan.tp, len(prepared.plan.places)) == (2, 2, 2)
+
+
 def test_unknown_format(tiny_llama):
     assert "unknown format 'xml'" in one_line_error(bench(tiny_llama, "--format", "xml"), code=2)
 

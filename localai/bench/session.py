@@ -105,8 +105,8 @@ def prepare(o: BenchOptions) -> Prepared:
     if device == "cpu" and o.decode_mode not in (None, "eager"):
         raise LocalaiError(f"--decode-mode {o.decode_mode} needs a CUDA GPU", "drop it on the CPU")
     dp, tp = o.dp, o.tp
-    if compare and max(dp, tp) == 1:
-        dp = tp = _device_count(device)
+    if compare and max(dp, tp) == 1:  # every device, but no more processes than TP can shard the model over
+        dp = tp = min(_device_count(device), facts.num_kv_heads)
     elif compare:
         dp = tp = max(dp, tp)
     plan = make_plan(facts, workload, device, dp, tp, compare=compare, scaling=o.scaling, batch_size=batch_size,
