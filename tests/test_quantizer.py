@@ -153,7 +153,7 @@ def test_input_groups_follow_the_llama_block(tiny_llama):
     expected = [["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], ["self_attn.o_proj"],
                 ["mlp.gate_proj", "mlp.up_proj"], ["mlp.down_proj"]]
     with torch.no_grad():  # as in calibration: intermediate tensors are freed as soon as they are used
-        inputs = calibrate.capture_first_layer_inputs(model, layers, ids, "cpu")
+        inputs = [(hidden, calls[0]) for hidden, calls in calibrate.capture_layer_inputs(model, layers, ids, "cpu")]
         # every time: o_proj's freed input must not pass for gate/up's when its memory is reused
         for _ in range(40):
             assert calibrate._input_groups(layers[0], linears, inputs[0]) == expected
@@ -171,6 +171,51 @@ def test_calibrated_quantization_is_sequential_and_writes_back(tiny_llama):
     expected = tq.dequantize_weight(result.packed["model.layers.1.mlp.up_proj"], spec.seed)
     assert torch.allclose(linear.weight, expected)
     assert all(0 < r.rel_error < 0.05 for r in result.reports)
+
+
+def _sliding_qwen3(folder):
+    """A tiny Qwen3 whose second layer uses a 4-token sliding window and the first full attention."""
+    import json
+
+    from tiny_models import build_model
+
+    build_model(folder, family="qwen3")
+    config = json.loads((folder / "config.json").read_text())
+    config.update(use_sliding_window=True, sliding_window=4, max_window_layers=1)
+    config.pop("layer_types", None)  # derived again from the fields above
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_calibration_gives_every_layer_its_own_attention_mask(tmp_path, monkeypatch):
+    model, _ = _load(_sliding_qwen3(tmp_path / "qwen3-sliding"))
+    assert model.config.layer_types == ["full_attention", "sliding_attention"]
+    ids = torch.randint(3, 300, (3, 24), generator=torch.Generator().manual_seed(0))
+    targets = calibrate.target_linears(model, quantize_head=False)
+    expected = {}
+
+    def record(name):
+        def hook(_module, args):
+            x = args[0].reshape(-1, args[0].shape[-1]).float()
+            expected[name] = x.T @ x
+        return hook
+
+    handles = [m.register_forward_pre_hook(record(n)) for n, m in targets.items()]
+    with torch.no_grad():
+        model(input_ids=ids, use_cache=False)
+    for handle in handles:
+        handle.remove()
+    seen = {}
+
+    def keep_weights(name, linear, hessian, spec):  # quantizes nothing: every input stays the model's own
+        seen[name] = hessian
+        return None, calibrate.LayerReport(name, tuple(linear.weight.shape), 0.0, 0.0)
+
+    monkeypatch.setattr(calibrate, "_quantize_calibrated", keep_weights)
+    calibrate.quantize_calibrated(model, ids, calibrate.QuantSpec())
+    assert seen.keys() == expected.keys()
+    for name, hessian in expected.items():  # the sliding layer's o_proj sees its own mask's output
+        torch.testing.assert_close(seen[name], hessian, rtol=1e-4, atol=1e-4, msg=name)
 
 
 def test_quantize_head_adds_lm_head(tiny_llama):

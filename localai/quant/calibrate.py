@@ -156,16 +156,31 @@ def _layer_output(out):
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
-def capture_first_layer_inputs(model, layers, calib_ids: torch.Tensor, device):
-    """Run the model up to its first decoder layer: a list of (hidden [B, T, C], kwargs) per batch."""
+def capture_layer_inputs(model, layers, calib_ids: torch.Tensor, device):
+    """Per batch: (hidden [B, T, C] entering the first decoder layer, [each layer's keyword arguments]).
+
+    Layers can be called differently: a sliding-window layer gets its own attention mask
+    (Qwen3 with max_window_layers, Gemma, Mistral variants with layer_types), some models give
+    local layers their own rotary embeddings. The model runs once per batch with every layer
+    replaced by a pass-through that records its call, so no layer computes anything here.
+    """
     captured = []
 
-    def grab(_module, args, kwargs):
-        hidden = args[0] if args else kwargs.pop("hidden_states")
-        captured.append((hidden, {k: v for k, v in kwargs.items() if k != "hidden_states"}))
-        raise _StopForward
+    def recorder(index):
+        def forward(*args, **kwargs):
+            hidden = args[0] if args else kwargs.pop("hidden_states")
+            kwargs.pop("hidden_states", None)
+            if index == 0:
+                captured.append((hidden, []))
+            captured[-1][1].append(kwargs)
+            if index == len(layers) - 1:
+                raise _StopForward
+            return hidden
+        return forward
 
-    handle = layers[0].register_forward_pre_hook(grab, with_kwargs=True)
+    own = [layer.__dict__.get("forward") for layer in layers]  # a hook library's wrapper, if any
+    for index, layer in enumerate(layers):
+        layer.forward = recorder(index)
     try:
         for first in range(0, calib_ids.shape[0], CALIB_BATCH):
             batch = calib_ids[first: first + CALIB_BATCH].to(device)  # [B, T]
@@ -174,7 +189,10 @@ def capture_first_layer_inputs(model, layers, calib_ids: torch.Tensor, device):
             except _StopForward:
                 pass
     finally:
-        handle.remove()
+        for layer, forward in zip(layers, own):
+            del layer.forward
+            if forward is not None:
+                layer.forward = forward
     return captured
 
 
@@ -239,9 +257,12 @@ def quantize_calibrated(model, calib_ids: torch.Tensor, spec: QuantSpec, device=
     home = next(model.parameters()).device
     _move_outside_layers(model, layers, device)
     with torch.no_grad():
-        inputs = capture_first_layer_inputs(model, layers, calib_ids, device)
+        captured = capture_layer_inputs(model, layers, calib_ids, device)
+        hiddens, calls = [hidden for hidden, _ in captured], [kwargs for _, kwargs in captured]
+        del captured  # each layer's outputs replace its inputs below
         prefix = {id(layer): name for name, layer in model.named_modules() if name}
-        for layer in layers:
+        for index, layer in enumerate(layers):
+            inputs = [(hidden, kwargs[index]) for hidden, kwargs in zip(hiddens, calls)]
             layer.to(device)
             layer_name = prefix[id(layer)]
             local = {n[len(layer_name) + 1:]: m for n, m in all_targets.items() if n.startswith(layer_name + ".")}
@@ -254,7 +275,7 @@ def quantize_calibrated(model, calib_ids: torch.Tensor, spec: QuantSpec, device=
                     result.reports.append(report)
                     if on_layer:
                         on_layer(report)
-            inputs = [(_layer_output(layer(hidden, **kwargs)), kwargs) for hidden, kwargs in inputs]
+            hiddens = [_layer_output(layer(hidden, **kwargs)) for hidden, kwargs in inputs]
             layer.to(home)
     _move_outside_layers(model, layers, home)
     _quantize_rest(model, all_targets, result, spec, device, on_layer)
