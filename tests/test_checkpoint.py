@@ -144,6 +144,35 @@ def test_missing_tensor_is_named(quantized, tmp_path):
         checkpoint.validate(folder)
 
 
+def _edit_tensors(folder, edit):
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(folder / "model.safetensors"))
+    edit(tensors)
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+
+
+UP = "model.layers.1.mlp.up_proj"
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda t: t.pop(f"{UP}.codes"), f"lacks the tensor {UP}.codes"),
+    (lambda t: t.update({f"{UP}.codes": t[f"{UP}.codes"].int()}), rf"{UP}.codes in .* I32, expected .* U8"),
+    (lambda t: t.update({f"{UP}.gains": t[f"{UP}.gains"].float()}), rf"{UP}.gains in .* F32, expected .* F16"),
+    (lambda t: t[f"{UP}.gains"].view(-1)[5:7].fill_(float("nan")), f"{UP}.gains in .* holds NaN or infinite"),
+    (lambda t: t[f"{UP}.gains"].view(-1)[0:1].fill_(float("inf")), f"{UP}.gains in .* holds NaN or infinite"),
+    (lambda t: t.update({"model.norm.weight": t["model.norm.weight"][:32].clone()}),
+     r"model.norm.weight in .* has shape \[32\], expected \[64\]"),
+], ids=["missing codes", "int32 codes", "float32 gains", "nan gains", "inf gains", "norm shape"])
+def test_damaged_tensors_are_named_by_validate_and_from_pretrained(quantized, tmp_path, damage, message):
+    folder = _copy(quantized[0], tmp_path)
+    _edit_tensors(folder, damage)
+    with pytest.raises(LocalaiError, match=message):
+        checkpoint.validate(folder)
+    with pytest.raises(LocalaiError, match=message):  # plain transformers loaded garbage for these
+        _from_pretrained(folder)
+
+
 def test_existing_output_is_refused_and_failures_leave_nothing(quantized, tmp_path):
     out, model, packed, spec = quantized
     with pytest.raises(LocalaiError, match="already exists"):

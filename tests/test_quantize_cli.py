@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from cli_helpers import invoke_on_cpu
+from cli_helpers import invoke_on_cpu, one_error_line
 
 
 def _one_line_error(result, code=1):
@@ -188,3 +188,31 @@ def test_an_already_quantized_model_is_refused(data_free, tmp_path):
     out, _ = data_free
     result = invoke_on_cpu("quantize", out, "-o", tmp_path / "again", "--no-calib")
     assert "is already quantized (turboquant)" in _one_line_error(result) and not (tmp_path / "again").exists()
+
+
+def _damaged_gains(data_free, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    broken = tmp_path / "nan-gains"
+    shutil.copytree(data_free[0], broken)
+    tensors = load_file(str(broken / "model.safetensors"))
+    tensors["model.layers.0.mlp.up_proj.gains"].fill_(float("nan"))
+    save_file(tensors, str(broken / "model.safetensors"), metadata={"format": "pt"})
+    return broken
+
+
+def test_eval_finds_nan_gains_before_scoring_any_model(data_free, tiny_llama, tmp_path, text_file):
+    broken = _damaged_gains(data_free, tmp_path)
+    line = _one_line_error(invoke_on_cpu("eval", tiny_llama, broken, "--text", text_file, "--windows", 1,
+                                         "--ctx", 16))
+    assert "model.layers.0.mlp.up_proj.gains" in line and "NaN or infinite" in line
+
+
+def test_generate_refuses_a_damaged_checkpoint(data_free, tmp_path):
+    broken = _damaged_gains(data_free, tmp_path)
+    result = invoke_on_cpu("generate", broken, "hi", "--max-new-tokens", 2)
+    assert result.exit_code == 1 and result.stdout == "", result.output
+    line = one_error_line(result.stderr)  # after the "loading ..." status line
+    assert "model.layers.0.mlp.up_proj.gains" in line and "NaN or infinite" in line

@@ -198,13 +198,10 @@ def expected_shapes(model, qc: dict) -> dict:
     return shapes
 
 
-def _stored_headers(folder: Path) -> dict:
+def stored_headers(files: list[Path]) -> dict:
     """key -> (shape, dtype name) read from the safetensors headers only (no tensor data)."""
     from safetensors import safe_open
 
-    files = sorted(Path(folder).glob("*.safetensors"))
-    if not files:
-        raise LocalaiError(f"{folder} has no .safetensors weights", REQUANTIZE_HINT)
     headers = {}
     for file in files:
         try:
@@ -218,6 +215,50 @@ def _stored_headers(folder: Path) -> dict:
     return headers
 
 
+def check_stored(model, qc: dict, stored: dict, folder) -> None:
+    """Every tensor `model` needs is in `stored` {key: (shape, dtype)} with its shape, and the packed
+    tensors of the converted linears also with their dtype. `model` may be built with the original
+    linears or with the converted ones (both on the meta device)."""
+    expected = expected_shapes(model, qc)
+    for key, (shape, dtype) in expected.items():
+        if key not in stored:
+            raise LocalaiError(f"{folder} lacks the tensor {key}", REQUANTIZE_HINT)
+        if stored[key] != (shape, dtype):
+            raise LocalaiError(f"{key} in {folder} has shape {list(stored[key][0])} {stored[key][1]}, "
+                               f"expected {list(shape)} {dtype}", REQUANTIZE_HINT)
+    converted = {f"{name}.weight" for name in qc["modules_to_convert"]}
+    tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
+    for key, tensor in model.state_dict().items():
+        if key in expected or key in converted or key in tied:
+            continue
+        if key not in stored:
+            raise LocalaiError(f"{folder} lacks the tensor {key}", REQUANTIZE_HINT)
+        if stored[key][0] != tuple(tensor.shape):
+            raise LocalaiError(f"{key} in {folder} has shape {list(stored[key][0])}, expected {list(tensor.shape)}",
+                               REQUANTIZE_HINT)
+
+
+SCALE_SUFFIXES = ("gains", "scales", "zeros")  # the float16 parts of a packed weight: finite by format
+
+
+def check_finite(key: str, tensor, folder) -> None:
+    import torch
+
+    if not bool(torch.isfinite(tensor).all()):
+        raise LocalaiError(f"{key} in {folder} holds NaN or infinite values", REQUANTIZE_HINT)
+
+
+def _check_stored_scales(files: list[Path], qc: dict, folder) -> None:
+    """Read only the gains (or int4 scales and zeros) of the converted linears and check them."""
+    from safetensors import safe_open
+
+    wanted = {f"{name}.{suffix}" for name in qc["modules_to_convert"] for suffix in SCALE_SUFFIXES}
+    for file in files:
+        with safe_open(str(file), framework="pt") as handle:
+            for key in wanted.intersection(handle.keys()):
+                check_finite(key, handle.get_tensor(key), folder)
+
+
 def _meta_model(folder: Path):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -229,25 +270,16 @@ def _meta_model(folder: Path):
 
 
 def validate(folder: Path) -> dict | None:
-    """Check a turboquant or int4_rtn checkpoint before loading: fields, files, every stored shape.
-
-    Returns its quantization_config (None for an unquantized model; others are returned unchecked).
-    """
+    """Check a turboquant or int4_rtn checkpoint before loading: fields, files, every stored shape,
+    finite gains. Returns its quantization_config (None for an unquantized model; others are
+    returned unchecked)."""
     folder = Path(folder)
     qc = read_quantization_config(folder)
     if not isinstance(qc, dict) or qc.get("quant_method") not in OUR_METHODS:
         return qc
-    stored = _stored_headers(folder)
-    model = _meta_model(folder)
-    for key, (shape, dtype) in expected_shapes(model, qc).items():
-        if key not in stored:
-            raise LocalaiError(f"{folder} lacks the tensor {key}", REQUANTIZE_HINT)
-        if stored[key] != (shape, dtype):
-            raise LocalaiError(f"{key} in {folder} has shape {list(stored[key][0])} {stored[key][1]}, "
-                               f"expected {list(shape)} {dtype}", REQUANTIZE_HINT)
-    converted = {f"{name}.weight" for name in qc["modules_to_convert"]}
-    tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
-    for key in model.state_dict():
-        if key not in stored and key not in converted and key not in tied:
-            raise LocalaiError(f"{folder} lacks the tensor {key}", REQUANTIZE_HINT)
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise LocalaiError(f"{folder} has no .safetensors weights", REQUANTIZE_HINT)
+    check_stored(_meta_model(folder), qc, stored_headers(files), folder)
+    _check_stored_scales(files, qc, folder)
     return qc

@@ -9,11 +9,14 @@ straight into their buffers; no full-precision weight is ever built.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from transformers.quantizers.base import HfQuantizer
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
-from localai.quant.checkpoint import INT4_METHOD, QUANT_METHOD, check_fields
+from localai.quant.checkpoint import (INT4_METHOD, QUANT_METHOD, SCALE_SUFFIXES, check_fields, check_finite,
+                                      check_stored, stored_headers)
 
 _registered = False
 
@@ -80,15 +83,24 @@ class _LocalaiQuantizer(HfQuantizer):
     def validate_environment(self, *args, **kwargs):
         return None
 
-    def _process_model_before_weight_loading(self, model, **kwargs):
+    def _process_model_before_weight_loading(self, model, checkpoint_files=None, **kwargs):
         qc = self.quantization_config
         replace_linears(model, qc.modules_to_convert, lambda linear: type(self).build(linear, qc))
+        files = [Path(f) for f in checkpoint_files or ()]
+        self._source = files[0].parent if files else "the checkpoint"
+        if files and all(f.suffix == ".safetensors" for f in files):
+            # transformers would load missing packed tensors as uninitialized memory and cast wrong dtypes
+            check_stored(model, qc.to_dict(), stored_headers(files), self._source)
         return model
 
     def _process_model_after_weight_loading(self, model, **kwargs):
-        for module in model.modules():
+        for name in self.quantization_config.modules_to_convert:
+            module = model.get_submodule(name)
             if hasattr(module, "reset_signs"):
                 module.reset_signs()  # non-persistent, derived from the seed
+            for suffix in SCALE_SUFFIXES:  # a NaN gain would turn every output into NaN
+                if hasattr(module, suffix):
+                    check_finite(f"{name}.{suffix}", getattr(module, suffix), self._source)
         return model
 
     def is_serializable(self, *args, **kwargs):
