@@ -123,6 +123,30 @@ def test_invalid_values_are_named(quantized, tmp_path):
         checkpoint.validate(folder)
 
 
+@pytest.mark.parametrize("value, message", [([1], "quantization_config in config.json is not an object"),
+                                            ({"bits": 4}, "quantization_config in config.json has no quant_method")])
+def test_malformed_quantization_config_is_one_line(quantized, tmp_path, value, message):
+    from localai.loading import load_model
+
+    folder = _copy(quantized[0], tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    config["quantization_config"] = value
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(LocalaiError, match=message):
+        checkpoint.validate(folder)
+    with pytest.raises(LocalaiError, match=message):
+        load_model(folder, device="cpu")
+
+
+def test_config_transformers_cannot_read_is_one_line(quantized, tmp_path):
+    folder = _copy(quantized[0], tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    del config["model_type"]
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(LocalaiError, match="transformers cannot read .*config.json: Unrecognized model"):
+        checkpoint.validate(folder)
+
+
 @pytest.mark.parametrize("damage", ["garbage", "truncated"])
 def test_corrupt_weights_are_reported(quantized, tmp_path, damage):
     folder = _copy(quantized[0], tmp_path)

@@ -135,7 +135,11 @@ def read_quantization_config(folder: Path) -> dict | None:
     except (OSError, ValueError) as exc:
         raise LocalaiError(f"{config_file} is not valid JSON ({exc})", REQUANTIZE_HINT) from None
     qc = config.get("quantization_config")
-    if isinstance(qc, dict) and qc.get("quant_method") in OUR_METHODS:
+    if qc is None:
+        return None
+    if not isinstance(qc, dict) or not isinstance(qc.get("quant_method"), str):
+        _fail_field("has no quant_method" if isinstance(qc, dict) else "is not an object")
+    if qc["quant_method"] in OUR_METHODS:
         check_fields(qc)
     return qc
 
@@ -263,7 +267,11 @@ def _meta_model(folder: Path):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
+    try:
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
+    except (ValueError, KeyError, OSError) as exc:
+        raise LocalaiError(f"transformers cannot read {folder / 'config.json'}: {str(exc).splitlines()[0]}",
+                           REQUANTIZE_HINT) from None
     config.quantization_config = None
     with torch.device("meta"):
         return AutoModelForCausalLM.from_config(config, trust_remote_code=False)
