@@ -29,7 +29,6 @@ def main(
     from localai.console import info, out, out_json
     from localai.errors import UsageError
     from localai.evaluate import read_text
-    from localai.quant.checkpoint import validate
     from localai.store import resolve_model
 
     if batch_size < 1:
@@ -40,14 +39,14 @@ def main(
     if speed and speed_tokens < 2:
         raise UsageError(f"--speed-tokens must be at least 2, got {speed_tokens}", "use --speed-tokens 2 or more")
     corpus = read_text(text)
-    # every model is found and checked before the first one is scored
+    # every model is found and checked, and its tokenizer cuts the windows, before the first one is scored
     sources = [(name, resolve_model(name)) for name in models]
-    checked = [(name, source, validate(source)) for name, source in sources]
+    checked = [(name, source, *_prepare(source, corpus, windows, ctx)) for name, source in sources]
     rows = []
-    for index, (name, source, qc) in enumerate(checked, 1):
+    for index, (name, source, qc, tokenizer, tokens) in enumerate(checked, 1):
         if len(checked) > 1:
             info(f"[{index}/{len(checked)}] {name}")
-        rows.append(_evaluate(source, qc, corpus, windows, ctx, batch_size, speed_tokens if speed else 0))
+        rows.append(_evaluate(source, qc, tokenizer, tokens, batch_size, speed_tokens if speed else 0))
         gc.collect()
 
     if as_json:
@@ -57,18 +56,28 @@ def main(
              f"in {rows[0]['seconds']:.1f} s")
         out(f"{rows[0]['perplexity']:.3f}")
     else:
-        out(_table([name for name, _, _ in checked], rows, speed))
+        out(_table([name for name, *_ in checked], rows, speed))
 
 
-def _evaluate(source: Path, qc: dict | None, corpus: str, windows: int, ctx: int, batch_size: int,
-              speed_tokens: int) -> dict:
+def _prepare(source: Path, corpus: str, windows: int, ctx: int):
+    """(quantization_config, tokenizer, token windows [W, ctx]) of one model, or its one-line error."""
+    from localai.evaluate import check_context, eval_windows
+    from localai.loading import load_tokenizer
+    from localai.quant.checkpoint import validate
+
+    qc = validate(source)
+    check_context(source, ctx)
+    tokenizer = load_tokenizer(source)
+    return qc, tokenizer, eval_windows(tokenizer, corpus, windows, ctx)
+
+
+def _evaluate(source: Path, qc: dict | None, tokenizer, tokens, batch_size: int, speed_tokens: int) -> dict:
     """One model's row: perplexity, then (speed_tokens > 0) greedy decoding speed."""
     from localai.console import info, status_line
-    from localai.evaluate import decode_speed, eval_windows, perplexity, weight_bytes
-    from localai.loading import load_model, load_tokenizer
+    from localai.evaluate import decode_speed, perplexity, weight_bytes
+    from localai.loading import load_model
 
-    tokenizer = load_tokenizer(source)
-    tokens = eval_windows(tokenizer, corpus, windows, ctx)
+    windows, ctx = tokens.shape
     lm = load_model(source)
     method = (qc or {}).get("quant_method", "none")
     info(f"quantization: {method}; scoring {windows} windows of {ctx} tokens")

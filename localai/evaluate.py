@@ -49,6 +49,8 @@ def read_text(path: Path | None) -> str:
         raise LocalaiError(f"text file not found: {path}", "check the path given to --text") from None
     except UnicodeDecodeError:
         raise LocalaiError(f"{path} is not UTF-8 text", "pass a plain UTF-8 text file") from None
+    except OSError as exc:  # a folder, no permission, ...
+        raise LocalaiError(f"cannot read {path}: {exc.strerror or exc}", "pass a readable text file to --text") from None
 
 
 def eval_windows(tokenizer, text: str, windows: int, ctx: int):
@@ -62,6 +64,22 @@ def eval_windows(tokenizer, text: str, windows: int, ctx: int):
         raise LocalaiError(f"the text gives only {available} windows of {ctx} tokens, {windows} asked for",
                            "pass a longer --text or fewer --windows")
     return ids[: windows * ctx].reshape(windows, ctx)
+
+
+def check_context(folder: Path, ctx: int) -> None:
+    """A window longer than the model's context (max_position_embeddings) scores positions it was never
+    trained on: refuse it."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=False).get_text_config()
+    except (ValueError, KeyError, OSError) as exc:
+        raise LocalaiError(f"transformers cannot read {Path(folder) / 'config.json'}: {str(exc).splitlines()[0]}",
+                           "check that this is a transformers text-generation model") from None
+    context = getattr(config, "max_position_embeddings", None)
+    if isinstance(context, int) and ctx > context:
+        raise LocalaiError(f"--ctx {ctx} is longer than the context of {folder} ({context} tokens)",
+                           f"use --ctx {context} or less")
 
 
 def perplexity(model, tokens, batch_size: int = 4, on_window=None) -> PerplexityResult:

@@ -91,9 +91,18 @@ def test_eval_several_models_one_table_with_speed(data_free, tiny_llama, text_fi
 
 
 def test_eval_checks_every_model_before_scoring_any(tiny_llama, tmp_path, text_file):
+    import shutil
+
     line = _one_line_error(invoke_on_cpu("eval", tiny_llama, tmp_path / "absent-model", "--text", text_file, "--windows", 1,
                                 "--ctx", 16))
     assert "absent-model" in line
+    no_tokenizer = tmp_path / "no-tokenizer"
+    shutil.copytree(tiny_llama, no_tokenizer)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (no_tokenizer / name).unlink()
+    line = _one_line_error(invoke_on_cpu("eval", tiny_llama, no_tokenizer, "--text", text_file, "--windows", 1,
+                                         "--ctx", 16))
+    assert f"cannot load the tokenizer in {no_tokenizer}" in line
     assert invoke_on_cpu("eval", tiny_llama, "--speed", "--speed-tokens", 1).exit_code == 2
     assert invoke_on_cpu("eval", tiny_llama, "--text", text_file, "--windows", 0).exit_code == 2
     assert invoke_on_cpu("eval", tiny_llama, "--text", text_file, "--ctx", 1).exit_code == 2
@@ -180,6 +189,10 @@ def test_missing_quantization_config_fields(data_free, tmp_path, text_file):
 def test_eval_bad_input(tiny_llama, tmp_path, text_file):
     line = _one_line_error(invoke_on_cpu("eval", tiny_llama, "--text", tmp_path / "absent.txt"))
     assert "text file not found" in line
+    line = _one_line_error(invoke_on_cpu("eval", tiny_llama, "--text", tmp_path))
+    assert line.startswith(f"error: cannot read {tmp_path}: Is a directory")
+    line = _one_line_error(invoke_on_cpu("eval", tiny_llama, "--text", text_file, "--windows", 1, "--ctx", 513))
+    assert "--ctx 513 is longer than the context of" in line and line.endswith("use --ctx 512 or less")
     line = _one_line_error(invoke_on_cpu("eval", tiny_llama, "--text", text_file, "--windows", 500, "--ctx", 64))
     assert "500 asked for" in line
 
