@@ -164,6 +164,17 @@ def test_existing_output_is_refused(data_free, tiny_llama):
     assert "already exists" in line
 
 
+def test_output_and_calibration_paths_are_checked_before_loading(tmp_path):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    absent_model = tmp_path / "absent-model"  # the paths fail first: no model is looked up
+    line = _one_line_error(invoke_on_cpu("quantize", absent_model, "-o", a_file / "q", "--no-calib"))
+    assert line == f"error: cannot create {a_file / 'q'}: {a_file} is a file, not a folder. choose another -o folder"
+    line = _one_line_error(invoke_on_cpu("quantize", absent_model, "-o", tmp_path / "q", "--calib", tmp_path / "no.txt"))
+    assert "calibration file not found" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+
 def test_corrupt_quantized_checkpoint(data_free, tmp_path, text_file):
     import shutil
 

@@ -76,8 +76,18 @@ def check_options(opts: QuantizeOptions, out: Path) -> None:
         if opts.calib_tokens < SEQ_LEN:
             raise UsageError(f"--calib-tokens {opts.calib_tokens} is less than one calibration sequence "
                              f"({SEQ_LEN} tokens)", f"use --calib-tokens {SEQ_LEN} or more")
+    if opts.calib_file is not None and not Path(opts.calib_file).is_file():
+        raise LocalaiError(f"calibration file not found: {opts.calib_file}", "check the path given to --calib")
+    _check_output(Path(out))
+
+
+def _check_output(out: Path) -> None:
+    """-o must be an absent or empty folder whose nearest existing parent is a folder."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise LocalaiError(f"{out} already exists", "choose another -o folder or remove it first")
+    parent = next((p for p in out.absolute().parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise LocalaiError(f"cannot create {out}: {parent} is a file, not a folder", "choose another -o folder")
 
 
 def check_not_quantized(source: Path) -> None:
