@@ -73,6 +73,15 @@ def test_state_dict_round_trip_saves_codes_and_gains_only():
     torch.testing.assert_close(fresh(x), layer(x))
 
 
+@pytest.mark.parametrize("name, value", [("codes", torch.full((33, 64), 300, dtype=torch.int32)),
+                                         ("gains", torch.full((33, 4), 1e6))])
+def test_state_dict_with_another_dtype_is_refused(name, value):
+    layer = TurboLinear(100, 33, group_size=32)
+    state = dict(layer.state_dict(), **{name: value})
+    with pytest.raises(RuntimeError, match=f"{name} is {value.dtype}; the packed format stores"):
+        layer.load_state_dict(state)
+
+
 def test_materialized_from_meta_rebuilds_the_signs():
     torch.manual_seed(0)
     layer, _ = turbo_from(nn.Linear(576, 192))

@@ -89,6 +89,16 @@ class TurboLinear(nn.Module):
             y = y + self.bias.to(y.dtype)
         return y.reshape(*lead, self.out_features)
 
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        # load_state_dict would cast: int32 codes wrap around, float32 gains past 65504 become inf
+        for name, dtype in (("codes", torch.uint8), ("gains", torch.float16)):
+            value = state_dict.get(prefix + name)
+            if isinstance(value, torch.Tensor) and value.dtype != dtype:
+                error_msgs.append(f"{prefix}{name} is {value.dtype}; the packed format stores {dtype}")
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
     def _apply(self, fn, recurse=True):
         # model.to(dtype) / .half() must not cast the packed format; signs are rebuilt from the
         # seed afterwards (this also covers to_empty, which leaves buffers uninitialized)
