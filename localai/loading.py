@@ -7,6 +7,7 @@ and load through the same `from_pretrained` call: transformers picks the quantiz
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -105,8 +106,14 @@ def load_model(path, device: Optional[str] = None, dtype=None):
 
     quiet_transformers()
     try:
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype, device_map=device,
-                                                     trust_remote_code=False)
+        with _load_report_held():
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype, device_map=device,
+                                                         trust_remote_code=False)
+    except RuntimeError as exc:
+        if "ignore_mismatched_sizes" not in str(exc):
+            raise
+        raise LocalaiError(f"the weights in {folder} do not have the shapes its config.json describes",
+                           "config.json is damaged or belongs to another model; " + DOWNLOAD_HINT) from exc
     except (ValueError, KeyError) as exc:
         model_type = config.get("model_type", "unknown")
         raise LocalaiError(f"transformers cannot load {folder} (model type {model_type!r}): {_first_line(exc)}",
@@ -114,6 +121,30 @@ def load_model(path, device: Optional[str] = None, dtype=None):
     except OSError as exc:
         raise LocalaiError(f"cannot read the weights in {folder}: {_first_line(exc)}", DOWNLOAD_HINT) from exc
     return model.eval()
+
+
+@contextmanager
+def _load_report_held():
+    """Hold transformers' multi-line load report (missing, unexpected, mismatched keys) while loading:
+    shown as usual when the load succeeds, dropped when it fails, as the one-line error then says it all."""
+    import logging
+
+    held = []
+
+    def hold(record) -> bool:
+        if "LOAD REPORT" in str(record.msg):
+            held.append(record)
+            return False
+        return True
+
+    logger = logging.getLogger("transformers.modeling_utils")
+    logger.addFilter(hold)
+    try:
+        yield
+    finally:
+        logger.removeFilter(hold)
+    for record in held:
+        logger.handle(record)
 
 
 def quiet_transformers() -> None:

@@ -95,3 +95,21 @@ def test_quiet_hides_the_gguf_readers_progress_bar(monkeypatch, verbosity, hidde
     monkeypatch.setattr(settings, "verbosity", verbosity)
     quiet_transformers()
     assert gguf_utils.tqdm([1], file=io.StringIO()).disable is hidden
+
+
+def test_config_that_does_not_fit_the_weights(tmp_path, tiny_llama):
+    """A config.json without hidden_size gets transformers' default (4096): every shape differs."""
+    import json
+
+    from localai.loading import load_model
+
+    folder = broken_copy(tiny_llama, tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    del config["hidden_size"]
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(LocalaiError, match="do not have the shapes its config.json describes"):
+        load_model(folder, device="cpu")
+    result = runner.invoke(app, ["generate", str(folder), "hi"])
+    assert result.exit_code == 1 and result.stdout == ""
+    assert "shapes its config.json describes" in one_error_line(result.stderr)
+    assert "LOAD REPORT" not in result.stderr  # transformers' table of every mismatched key is held back
