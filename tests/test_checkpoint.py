@@ -239,3 +239,14 @@ def test_tied_head_is_untied_when_quantized(tiny_qwen3, tmp_path):
     loaded = _from_pretrained(out)
     assert type(loaded.lm_head).__name__ == "TurboLinear"
     assert loaded.model.embed_tokens.weight.dtype == torch.float32
+
+
+def test_a_tied_head_is_recognised_from_the_config_where_transformers_lists_no_tied_keys(tiny_qwen3):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(tiny_qwen3))
+    model.__dict__["all_tied_weights_keys"] = {}  # as transformers 4 models have it: no such list
+    assert checkpoint._tied_with(model, "lm_head.weight") == ["model.embed_tokens.weight"]
+    assert checkpoint._tied_with(model, "model.embed_tokens.weight") == ["lm_head.weight"]
+    assert checkpoint._tied_with(model, "model.norm.weight") == []

@@ -231,15 +231,32 @@ def check_stored(model, qc: dict, stored: dict, folder) -> None:
             raise LocalaiError(f"{key} in {folder} has shape {list(stored[key][0])} {stored[key][1]}, "
                                f"expected {list(shape)} {dtype}", REQUANTIZE_HINT)
     converted = {f"{name}.weight" for name in qc["modules_to_convert"]}
-    tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
     for key, tensor in model.state_dict().items():
-        if key in expected or key in converted or key in tied:
+        if key in expected or key in converted or any(other in stored for other in _tied_with(model, key)):
             continue
         if key not in stored:
             raise LocalaiError(f"{folder} lacks the tensor {key}", REQUANTIZE_HINT)
         if stored[key][0] != tuple(tensor.shape):
             raise LocalaiError(f"{key} in {folder} has shape {list(stored[key][0])}, expected {list(tensor.shape)}",
                                REQUANTIZE_HINT)
+
+
+def _tied_with(model, key: str) -> list[str]:
+    """The other names of the weight `key` where the model ties weights (the head to the embedding):
+    such a pair is saved once, under either name."""
+    groups: dict[str, set[str]] = {}
+    for name, source in (getattr(model, "all_tied_weights_keys", None) or {}).items():  # transformers 5
+        groups.setdefault(name, set()).add(source)
+        groups.setdefault(source, set()).add(name)
+    text_config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    if getattr(text_config, "tie_word_embeddings", False):  # transformers 4: from the config
+        modules = {id(module): name for name, module in model.named_modules()}
+        head, embed = model.get_output_embeddings(), model.get_input_embeddings()
+        if head is not None and embed is not None and id(head) in modules and id(embed) in modules:
+            head_key, embed_key = f"{modules[id(head)]}.weight", f"{modules[id(embed)]}.weight"
+            groups.setdefault(head_key, set()).add(embed_key)
+            groups.setdefault(embed_key, set()).add(head_key)
+    return sorted(groups.get(key, ()))
 
 
 SCALE_SUFFIXES = ("gains", "scales", "zeros")  # the float16 parts of a packed weight: finite by format
