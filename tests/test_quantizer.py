@@ -270,6 +270,14 @@ def test_int4_layer_follows_new_weights_and_keeps_its_format_through_casts():
     assert torch.equal(layer.scales, parts[1]["scales"]) and torch.equal(layer.zeros, parts[1]["zeros"])
 
 
+@pytest.mark.parametrize("name, dtype", [("qweight", torch.int32), ("scales", torch.float32), ("zeros", torch.bfloat16)])
+def test_int4_state_dict_with_another_dtype_is_refused(name, dtype):
+    state = baselines.int4_quantize(torch.randn(48, 128), 64)
+    state[name] = state[name].to(dtype)
+    with pytest.raises(RuntimeError, match=f"{name} is {dtype}; the packed format stores"):
+        baselines.Int4Linear(128, 48, 64).load_state_dict(state)
+
+
 def test_calibration_from_text_file(tmp_path, tiny_llama):
     _, tokenizer = _load(tiny_llama)
     text = tmp_path / "calib.txt"

@@ -16,7 +16,7 @@ import torch
 from localai.errors import LocalaiError
 
 from localai.quant.checkpoint import INT4_METHOD
-from localai.quant.linear import float16_kept
+from localai.quant.linear import float16_kept, refuse_casts
 
 
 def int4_quantize(w: torch.Tensor, group_size: int) -> dict[str, torch.Tensor]:
@@ -89,9 +89,13 @@ class Int4Linear(torch.nn.Module):
             self._packed = (device, dtype, weight, sz)
         return self._packed[2], self._packed[3]
 
-    def _load_from_state_dict(self, *args, **kwargs):
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
         self._packed = None  # built from the old buffers
-        super()._load_from_state_dict(*args, **kwargs)
+        refuse_casts(state_dict, prefix, {"qweight": torch.uint8, "scales": torch.float16, "zeros": torch.float16},
+                     error_msgs)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
     def _apply(self, fn, recurse=True):
         # .to(dtype) / .half() must not cast the stored scales and zeros (float16 by format);

@@ -36,6 +36,15 @@ def float16_kept(module: nn.Module, names: tuple[str, ...]):
             module._buffers[name] = module._buffers[name].view(torch.float16)
 
 
+def refuse_casts(state_dict: dict, prefix: str, formats: dict[str, torch.dtype], error_msgs: list) -> None:
+    """For _load_from_state_dict: a packed tensor stored in another dtype is an error, not a cast
+    (load_state_dict would cast: int32 codes wrap around, float32 scales past 65504 become inf)."""
+    for name, dtype in formats.items():
+        value = state_dict.get(prefix + name)
+        if isinstance(value, torch.Tensor) and value.dtype != dtype:
+            error_msgs.append(f"{prefix}{name} is {value.dtype}; the packed format stores {dtype}")
+
+
 class TurboLinear(nn.Module):
     """y = x @ W.T + b with W in TurboQuant 4-bit form. The output dtype follows the input."""
 
@@ -91,11 +100,7 @@ class TurboLinear(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
-        # load_state_dict would cast: int32 codes wrap around, float32 gains past 65504 become inf
-        for name, dtype in (("codes", torch.uint8), ("gains", torch.float16)):
-            value = state_dict.get(prefix + name)
-            if isinstance(value, torch.Tensor) and value.dtype != dtype:
-                error_msgs.append(f"{prefix}{name} is {value.dtype}; the packed format stores {dtype}")
+        refuse_casts(state_dict, prefix, {"codes": torch.uint8, "gains": torch.float16}, error_msgs)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
 
