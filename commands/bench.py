@@ -65,7 +65,10 @@ def run(
     if options.emit:
         _deliver(vllm_commands(prepared), output)
         return
-    _deliver(render(benchmark(prepared), options.fmt), output)
+    report = benchmark(prepared)
+    _deliver(render(report, options.fmt), output)
+    if report.get("interrupted"):  # Ctrl-C: what finished is written, the exit says it is not all
+        raise typer.Exit(130)
 
 
 @app.command("compare")

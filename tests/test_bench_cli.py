@@ -196,3 +196,38 @@ def test_sigterm_stops_the_run_and_its_workers(tiny_llama, tmp_path):
     assert process.returncode == 128 + signal.SIGTERM and stdout == ""
     gone, alive = psutil.wait_procs(workers, timeout=15)
     assert alive == []
+
+
+def test_ctrl_c_after_a_run_finished_writes_that_run_and_exits_130(tiny_llama, tmp_path, monkeypatch):
+    """Ctrl-C during the scaling baseline: the data-parallel run that had finished is the report."""
+    from localai.bench import runner as bench_runner
+
+    real_run_dp, calls = bench_runner.run_dp, []
+
+    def run_dp_then_ctrl_c(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # the baseline
+            raise KeyboardInterrupt
+        return real_run_dp(*args, **kwargs)
+
+    monkeypatch.setattr(bench_runner, "run_dp", run_dp_then_ctrl_c)
+    out = tmp_path / "partial.json"
+    result = bench(tiny_llama, "--dp", "2", "--scaling", "--num-requests", 4, "--input-len", 8, "--output-len", 4,
+                   "--json", "-o", out)
+    assert result.exit_code == 130
+    assert "the report holds the 1 run(s) that finished" in result.stderr
+    report = json.loads(out.read_text())
+    assert report["interrupted"] is True and [run["name"] for run in report["runs"]] == ["dp2"]
+    assert "scaling" not in report
+
+
+def test_ctrl_c_before_any_run_finished_writes_nothing(tiny_llama, tmp_path, monkeypatch):
+    from localai.bench import runner as bench_runner
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench_runner, "run_dp", ctrl_c)
+    out = tmp_path / "none.json"
+    result = bench(tiny_llama, "--dp", "2", "--num-requests", 4, "--json", "-o", out)
+    assert result.exit_code == 130 and not out.exists()

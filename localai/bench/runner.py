@@ -97,11 +97,30 @@ def tokens_by_request(runs: list[WorkerRun], mode: str) -> dict[int, list[int]]:
     return {row["request_id"]: row["token_ids"] for row in rows}
 
 
+class RunsInterrupted(KeyboardInterrupt):
+    """Ctrl-C after some runs had finished: `result` holds them ({"runs": [...]})."""
+
+    def __init__(self, result: dict):
+        super().__init__()
+        self.result = result
+
+
 def execute(plan: BenchPlan) -> dict:
-    """Every run the plan asks for; returns {"runs": [...], "scaling": ..., "comparison": ...}."""
+    """Every run the plan asks for; returns {"runs": [...], "scaling": ..., "comparison": ...}.
+    Ctrl-C after a run finished raises RunsInterrupted with the finished runs."""
+    runs: list[dict] = []
+    try:
+        return _execute(plan, runs)
+    except KeyboardInterrupt:
+        if not runs:
+            raise
+        raise RunsInterrupted({"runs": runs}) from None
+
+
+def _execute(plan: BenchPlan, runs: list[dict]) -> dict:
     model, workload, places = plan.facts.path, plan.workload, plan.places
     everything = list(range(workload.num_requests))
-    runs, result = [], {}
+    result = {}
     tokens = {}
     if plan.wants_dp:
         dp_runs = run_dp(model, workload, places, everything, **plan.worker_options("dp", plan.compare))

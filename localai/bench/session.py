@@ -8,9 +8,9 @@ from pathlib import Path
 
 from localai.bench.model import ModelFacts, locate_model, model_facts
 from localai.bench.report import FORMATS, build_report, environment
-from localai.bench.runner import BenchPlan, execute, make_plan
+from localai.bench.runner import BenchPlan, RunsInterrupted, execute, make_plan
 from localai.bench.workload import Workload, check_context, file_workload, random_workload
-from localai.console import info
+from localai.console import info, warn
 from localai.errors import LocalaiError, UsageError
 
 DEFAULT_REQUESTS = 32
@@ -135,17 +135,26 @@ def _workload(o: BenchOptions, facts: ModelFacts, path: Path) -> Workload:
 
 
 def benchmark(prepared: Prepared) -> dict:
-    """Run the plan and return the report."""
+    """Run the plan and return the report; after Ctrl-C, the report of the runs that had finished,
+    marked "interrupted" (KeyboardInterrupt when none had)."""
     plan, o = prepared.plan, prepared.options
     work = plan.workload.describe()
     info(f"benchmarking {o.model}: {work['num_requests']} requests, input {work['input_len']} / output "
          f"{work['output_len']} tokens on {plan.device}")
-    result = execute(plan)
+    interrupted = False
+    try:
+        result = execute(plan)
+    except RunsInterrupted as stop:  # keep what finished
+        result, interrupted = stop.result, True
+        warn(f"interrupted: the report holds the {len(result['runs'])} run(s) that finished")
     settings = {"dp": plan.dp, "tp": plan.tp, "compare": plan.compare, "scaling": plan.scaling,
                 "batch_size": o.batch_size, "warmup": plan.warmup, "repeats": plan.repeats, "seed": o.seed,
                 "decode_mode": plan.decode_mode}
     model = {"name": o.model, "hub_id": prepared.hub_id, **prepared.facts.describe()}
-    return build_report(environment(plan.device), model, work, settings, result)
+    report = build_report(environment(plan.device), model, work, settings, result)
+    if interrupted:
+        report["interrupted"] = True  # the command writes it, then exits 130
+    return report
 
 
 def vllm_commands(prepared: Prepared) -> str:
