@@ -213,7 +213,8 @@ VLLM_SERVE_FLAGS = {"--data-parallel-size", "--data-parallel-size-local", "--dat
 VLLM_BENCH_FLAGS = {"--backend", "--model", "--dataset-name", "--random-input-len", "--random-output-len",
                     "--random-range-ratio", "--ignore-eos", "--num-prompts", "--seed", "--request-rate",
                     "--max-concurrency", "--percentile-metrics", "--metric-percentiles", "--save-result",
-                    "--result-filename"}
+                    "--result-filename", "--dataset-path", "--custom-output-len", "--skip-chat-template",
+                    "--disable-shuffle"}  # the last four: vLLM's custom dataset (a prompts file)
 
 
 def flags(line: str) -> set[str]:
@@ -235,6 +236,16 @@ def test_emitted_vllm_commands_use_real_flags():
         assert line.startswith("vllm bench serve ") and flags(line) <= VLLM_BENCH_FLAGS
         assert "--random-input-len 1024 --random-output-len 512" in line and "--ignore-eos" in line
     assert "--max-concurrency 256" in out["bench"]["dp"]  # 64 per replica x 4 replicas
+
+
+def test_emit_with_a_prompts_file_benchmarks_that_file_on_vllm():
+    out = emit("HuggingFaceTB/SmolLM2-135M-Instruct", "none", 2, input_len=37, output_len=64, num_prompts=10,
+               batch_size=8, seed=0, prompts_file="prompts.jsonl")
+    for line in out["bench"].values():
+        assert flags(line) <= VLLM_BENCH_FLAGS and "--random-input-len" not in line
+        assert "--dataset-name custom --dataset-path prompts.jsonl --custom-output-len 64" in line
+        assert "--skip-chat-template" in line  # localai sends the file's text as it is
+    assert "JSON lines" in out["notes"][0] and "same lengths" not in " ".join(out["notes"])
 
 
 def test_emit_notes_what_vllm_cannot_load():

@@ -164,5 +164,5 @@ def vllm_commands(prepared: Prepared) -> str:
     o, workload = prepared.options, prepared.workload
     emitted = emit(prepared.hub_id or o.model, prepared.facts.quantization, max(o.dp, o.tp), workload.max_input_len,
                    workload.output_len, workload.num_requests, prepared.batch_size or 32, o.seed,
-                   prepared.facts.num_heads)
+                   prepared.facts.num_heads, prompts_file=str(o.prompts) if o.prompts else None)
     return json.dumps(emitted, indent=2) + "\n" if o.fmt == "json" else render_script(emitted)

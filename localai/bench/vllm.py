@@ -40,21 +40,34 @@ def serve_commands(model: str, n: int, max_model_len: int, max_num_seqs: int, se
     }
 
 
-def bench_command(model: str, input_len: int, output_len: int, num_prompts: int, concurrency: int,
-                  seed: int, result_file: str) -> str:
-    """`vllm bench serve` with the same lengths, request count and concurrency, EOS ignored."""
-    return _join(["vllm", "bench", "serve", "--backend", "vllm", "--model", model,
-                  "--dataset-name", "random", "--random-input-len", input_len, "--random-output-len", output_len,
-                  "--random-range-ratio", 0, "--ignore-eos", "--num-prompts", num_prompts, "--seed", seed,
+def dataset_words(input_len: int, output_len: int, prompts_file: str | None) -> list:
+    """vLLM's dataset for the same workload: random prompts of the same length, or the prompts file
+    as its custom dataset (one JSON line with a "prompt" each, sent as raw text, in file order)."""
+    if prompts_file is None:
+        return ["--dataset-name", "random", "--random-input-len", input_len, "--random-output-len", output_len,
+                "--random-range-ratio", 0]
+    return ["--dataset-name", "custom", "--dataset-path", prompts_file, "--custom-output-len", output_len,
+            "--skip-chat-template", "--disable-shuffle"]
+
+
+def bench_command(model: str, dataset: list, num_prompts: int, concurrency: int, seed: int, result_file: str) -> str:
+    """`vllm bench serve` with the same prompts (or lengths), request count and concurrency, EOS ignored."""
+    return _join(["vllm", "bench", "serve", "--backend", "vllm", "--model", model, *dataset,
+                  "--ignore-eos", "--num-prompts", num_prompts, "--seed", seed,
                   "--request-rate", "inf", "--max-concurrency", concurrency,
                   "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,90,99",
                   "--save-result", "--result-filename", result_file])
 
 
 def emit(model: str, quantization: str, n: int, input_len: int, output_len: int, num_prompts: int,
-         batch_size: int, seed: int, num_heads: int | None = None) -> dict:
+         batch_size: int, seed: int, num_heads: int | None = None, prompts_file: str | None = None) -> dict:
     """Everything `--emit vllm` prints, as data."""
-    notes = ["vLLM's random prompts use the same lengths and seed, not the same token ids.",
+    prompts_note = ("vLLM's random prompts use the same lengths and seed, not the same token ids."
+                    if prompts_file is None else
+                    f"vLLM's custom dataset reads {prompts_file} as JSON lines with a \"prompt\" field (convert a "
+                    "plain-text prompts file first); with fewer lines than --num-prompts it samples extra ones at "
+                    "random where localai cycles through the file.")
+    notes = [prompts_note,
              "vLLM accepts --quantization fp8, awq, gptq, bitsandbytes, gguf, compressed-tensors and more; "
              "it has no TurboQuant format: serve the 16-bit model, or an NF4 (bitsandbytes) one."]
     vllm_quant = VLLM_QUANTIZATION.get(quantization)
@@ -67,8 +80,9 @@ def emit(model: str, quantization: str, n: int, input_len: int, output_len: int,
     if quantization == "gguf":
         notes.append("vLLM loads a single-file GGUF with --tokenizer set to the original repo.")
     serve = serve_commands(model, n, input_len + output_len, batch_size, seed, vllm_quant)
-    bench = {kind: bench_command(model, input_len, output_len, num_prompts, batch_size * (n if kind != "tp" else 1),
-                                 seed, f"vllm-{kind}{n}.json")
+    dataset = dataset_words(input_len, output_len, prompts_file)
+    bench = {kind: bench_command(model, dataset, num_prompts, batch_size * (n if kind != "tp" else 1), seed,
+                                 f"vllm-{kind}{n}.json")
              for kind in ("dp", "tp")}
     return {"model": model, "serve": serve, "bench": bench, "notes": notes}
 
