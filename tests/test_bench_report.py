@@ -118,6 +118,18 @@ def test_compare_flags_changes_beyond_threshold():
     assert "BETTER" in render_comparison(result)
 
 
+def test_compare_says_when_the_reports_are_not_like_for_like():
+    a, b = fake_report(1.0), fake_report(1.0)
+    assert compare(a, b, 0.05)["differences"] == []
+    assert "note:" not in render_comparison(compare(a, b, 0.05))
+    b["model"] = {**b.get("model", {}), "name": "other-model"}
+    b["environment"] = {**b["environment"], "device": "cuda"}
+    b["interrupted"] = True
+    result = compare(a, b, 0.05)
+    assert result["differences"] == ["model", "device", "an interrupted run"]
+    assert "differ in model, device, an interrupted run" in render_comparison(result)
+
+
 def test_compare_needs_a_common_run():
     other = fake_report()
     other["runs"][0]["name"] = "tp2"

@@ -47,9 +47,25 @@ def compare(a: dict, b: dict, threshold: float) -> dict:
             rows.append(_row(run_a, run_b, metric, higher_is_better, threshold))
     rows = [row for row in rows if row is not None]
     return {"a": a["environment"].get("command"), "b": b["environment"].get("command"), "threshold": threshold,
-            "workload_differs": a["workload"] != b["workload"], "rows": rows,
+            "workload_differs": a["workload"] != b["workload"], "differences": differences(a, b), "rows": rows,
             "flagged": sum(row["verdict"] != "same" for row in rows),
             "regressions": sum(row["verdict"] == "worse" for row in rows)}
+
+
+def differences(a: dict, b: dict) -> list[str]:
+    """What makes the two reports not like for like: workload, model, device, an interrupted run."""
+    found = []
+    if a["workload"] != b["workload"]:
+        found.append("workload")
+    model_a, model_b = a.get("model", {}), b.get("model", {})
+    if (model_a.get("name"), model_a.get("quantization")) != (model_b.get("name"), model_b.get("quantization")):
+        found.append("model")
+    env_a, env_b = a.get("environment", {}), b.get("environment", {})
+    if any(env_a.get(key) != env_b.get(key) for key in ("device", "gpus", "cpu", "usable_cores")):
+        found.append("device")
+    if a.get("interrupted") or b.get("interrupted"):
+        found.append("an interrupted run")
+    return found
 
 
 def _row(run_a: dict, run_b: dict, metric: str, higher_is_better: bool, threshold: float) -> dict | None:
@@ -70,8 +86,8 @@ def _row(run_a: dict, run_b: dict, metric: str, higher_is_better: bool, threshol
 
 def render_comparison(result: dict) -> str:
     lines = []
-    if result["workload_differs"]:
-        lines.append("note: the two reports ran different workloads")
+    if result["differences"]:
+        lines.append(f"note: the two reports differ in {', '.join(result['differences'])}: not a like-for-like comparison")
     header = ("run", "metric", "A", "B", "change", "")
     body = [(r["run"], r["metric"], f"{r['a']:.2f}", f"{r['b']:.2f}", "from 0" if r["change"] is None else f"{r['change'] * 100:+.1f}%",
              "" if r["verdict"] == "same" else r["verdict"].upper()) for r in result["rows"]]
