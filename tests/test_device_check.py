@@ -2,6 +2,7 @@
 check broken by a library change fails here instead of on a GPU's scarce minutes."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -67,3 +68,26 @@ def test_an_unknown_section_is_a_usage_error(tmp_path):
     assert proc.returncode == 2
     assert "unknown section speed" in proc.stderr
     assert not (tmp_path / "r.json").exists()
+
+
+HIDDEN_PACKAGES = '''
+import importlib.machinery as machinery
+HIDDEN = {"mistral_common", "gguf", "sounddevice", "soundfile", "nanotts"}
+_find = machinery.PathFinder.find_spec.__func__
+def find_spec(cls, name, path=None, target=None):
+    return None if name.split(".")[0] in HIDDEN else _find(cls, name, path, target)
+machinery.PathFinder.find_spec = classmethod(find_spec)
+'''
+
+
+@pytest.mark.timeout(300)
+def test_tts_and_engine_checks_run_without_the_packages_a_gpu_image_may_lack(tmp_path):
+    """A GPU machine's image may have no mistral-common, gguf or audio libraries: the checks must not need them."""
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(HIDDEN_PACKAGES)
+    out = tmp_path / "report.json"
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--rehearse", "--only", "tts,engine", "--out", str(out)],
+                          capture_output=True, text=True, timeout=280, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert failures(json.loads(out.read_text())["sections"]) == []

@@ -32,6 +32,7 @@ VOICE = "casual_female"
 FRAMES = sized(75, 55)  # 6 s of audio per measured sentence: five 5-frame chunks, then 25-frame chunks with left context
 WARMUP_FRAMES = 12  # compiles and autotunes every kernel shape before anything is timed
 GIB = 2 ** 30
+VOICE_ROWS = sized(147, 6)  # [AUDIO] positions a voice embedding fills
 
 
 def model_params() -> dict:
@@ -77,7 +78,7 @@ class PlainPromptSynthesizer:
     """Where mistral-common is not installed: the same prompt layout, text as byte tokens."""
 
     def prompt_ids(self, text: str, voice: str) -> list[int]:
-        return [1, 25] + [24] * 147 + [36] + [100 + b for b in text.encode()] + [35, 25]
+        return [1, 25] + [24] * VOICE_ROWS + [36] + [100 + b for b in text.encode()] + [35, 25]
 
     def voices(self) -> list[str]:
         return [VOICE]
@@ -89,7 +90,7 @@ def make_synthesizer(model, folder: Path, decode_mode: str | None = None):
     from make_tiny_voxtral import tekken_json
     from localai.tts.voxtral.generate import VoxtralSynthesizer
 
-    rows = sized(147, 6)
+    rows = VOICE_ROWS
     (folder / "voice_embedding").mkdir(parents=True, exist_ok=True)
     voice = torch.randn(rows, model.config.backbone.dim).to(torch.bfloat16)
     torch.save(voice, folder / "voice_embedding" / f"{VOICE}.pt")
