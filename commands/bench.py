@@ -35,7 +35,7 @@ def run(
     tp: int = typer.Option(1, "--tp", help="Tensor-parallel processes sharing one model."),
     compare: Optional[str] = typer.Option(None, "--compare", help="dp,tp: run both on the same devices, side by side."),
     scaling: bool = typer.Option(False, "--scaling", help="Also run one process alone, for scaling efficiency (DP: on one replica's share of the requests; TP: on all of them)."),
-    input_len: int = typer.Option(128, "--input-len", help="Tokens per synthetic prompt."),
+    input_len: Optional[int] = typer.Option(None, "--input-len", help="Tokens per synthetic prompt [default: 128]."),
     output_len: int = typer.Option(128, "--output-len", help="Tokens generated per request (EOS ignored)."),
     num_requests: Optional[int] = typer.Option(None, "--num-requests", help="Requests in all [default: 32, or the prompts file's count]."),
     prompts: Optional[Path] = typer.Option(None, "--prompts", help="Prompts file (one per line, or JSONL with \"prompt\") instead of random tokens."),

@@ -13,6 +13,7 @@ from localai.errors import LocalaiError
 runner = CliRunner()
 TWO_CORES = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPU cores")
 SMALL = ["--input-len", "8", "--output-len", "5", "--warmup", "1"]
+SMALL_FROM_FILE = SMALL[2:]  # a prompts file sets its own input lengths
 
 
 @pytest.fixture(autouse=True)
@@ -41,7 +42,7 @@ def one_line_error(result, code=1):
 def test_dp2_with_scaling_from_a_prompts_file(tiny_llama, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("The capital of France is\n{\"prompt\": \"Hello world! How are you\"}\nLocal models run\n")
-    result = bench(tiny_llama, "--dp", 2, "--scaling", "--prompts", prompts, "--num-requests", 5, *SMALL,
+    result = bench(tiny_llama, "--dp", 2, "--scaling", "--prompts", prompts, "--num-requests", 5, *SMALL_FROM_FILE,
                    "--repeats", 2, "--format", "json")
     assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout)
@@ -89,7 +90,7 @@ def test_a_prompts_file_shorter_than_the_replicas_is_a_usage_error(tiny_llama, t
     """One prompt for two replicas left one idle, yet the run was reported as dp2 with its scaling."""
     prompts = tmp_path / "one.txt"
     prompts.write_text("The capital of France is\n")
-    line = one_line_error(bench(tiny_llama, "--dp", 2, "--prompts", prompts, *SMALL), code=2)
+    line = one_line_error(bench(tiny_llama, "--dp", 2, "--prompts", prompts, *SMALL_FROM_FILE), code=2)
     assert "1 request(s) leave some of the 2 replicas idle" in line and "--num-requests 2" in line
 
 
@@ -122,6 +123,7 @@ def test_input_beyond_the_context(tiny_llama):
     (["--dp", "2", "--num-requests", "1"], "1 request(s) leave some of the 2 replicas idle"),
     (["--output-len", "0"], "--output-len 0 is not a positive number"),
     (["--json", "--format", "csv"], "--json and --format csv ask for different formats"),
+    (["--prompts", "prompts.txt", "--input-len", "64"], "--input-len sets the length of synthetic prompts"),
 ])
 def test_bad_flags(tiny_llama, args, message):
     assert message in one_line_error(bench(tiny_llama, *args), code=2)

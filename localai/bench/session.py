@@ -14,6 +14,7 @@ from localai.console import info, warn
 from localai.errors import LocalaiError, UsageError
 
 DEFAULT_REQUESTS = 32
+DEFAULT_INPUT_LEN = 128
 
 
 @dataclass
@@ -23,7 +24,7 @@ class BenchOptions:
     tp: int = 1
     compare: str | None = None
     scaling: bool = False
-    input_len: int = 128
+    input_len: int | None = None  # None: DEFAULT_INPUT_LEN for synthetic prompts
     output_len: int = 128
     num_requests: int | None = None
     prompts: Path | None = None
@@ -71,6 +72,9 @@ def _check_flags(o: BenchOptions) -> tuple[bool, int | None]:
         raise UsageError("--compare dp,tp runs both on the same devices", "give one of --dp N or --tp N")
     if o.decode_mode not in (None, "eager", "graphs", "compile"):
         raise UsageError(f"unknown --decode-mode {o.decode_mode!r}", "use eager, graphs or compile")
+    if o.prompts is not None and o.input_len is not None:
+        raise UsageError("--input-len sets the length of synthetic prompts; --prompts gives its own",
+                         "drop one of them")
     if o.repeats < 1:
         raise UsageError(f"--repeats {o.repeats} is not a positive number", "use 1 or more")
     if o.warmup is not None and o.warmup < 0:
@@ -127,7 +131,7 @@ def _workload(o: BenchOptions, facts: ModelFacts, path: Path) -> Workload:
     if o.prompts is None:
         return random_workload(facts.vocab_size, facts.special_ids,
                                DEFAULT_REQUESTS if o.num_requests is None else o.num_requests,
-                               o.input_len, o.output_len, o.seed)
+                               DEFAULT_INPUT_LEN if o.input_len is None else o.input_len, o.output_len, o.seed)
     from localai.loading import load_tokenizer
 
     tokenizer = load_tokenizer(path)
