@@ -231,8 +231,9 @@ def check_stored(model, qc: dict, stored: dict, folder) -> None:
             raise LocalaiError(f"{key} in {folder} has shape {list(stored[key][0])} {stored[key][1]}, "
                                f"expected {list(shape)} {dtype}", REQUANTIZE_HINT)
     converted = {f"{name}.weight" for name in qc["modules_to_convert"]}
+    tied = tied_names(model)
     for key, tensor in model.state_dict().items():
-        if key in expected or key in converted or any(other in stored for other in _tied_with(model, key)):
+        if key in expected or key in converted or any(other in stored for other in tied.get(key, ())):
             continue
         if key not in stored:
             raise LocalaiError(f"{folder} lacks the tensor {key}", REQUANTIZE_HINT)
@@ -241,8 +242,8 @@ def check_stored(model, qc: dict, stored: dict, folder) -> None:
                                REQUANTIZE_HINT)
 
 
-def _tied_with(model, key: str) -> list[str]:
-    """The other names of the weight `key` where the model ties weights (the head to the embedding):
+def tied_names(model) -> dict[str, list[str]]:
+    """For each weight the model ties to another (the head to the embedding), the other names:
     such a pair is saved once, under either name."""
     groups: dict[str, set[str]] = {}
     for name, source in (getattr(model, "all_tied_weights_keys", None) or {}).items():  # transformers 5
@@ -256,7 +257,7 @@ def _tied_with(model, key: str) -> list[str]:
             head_key, embed_key = f"{modules[id(head)]}.weight", f"{modules[id(embed)]}.weight"
             groups.setdefault(head_key, set()).add(embed_key)
             groups.setdefault(embed_key, set()).add(head_key)
-    return sorted(groups.get(key, ()))
+    return {name: sorted(others) for name, others in groups.items()}
 
 
 SCALE_SUFFIXES = ("gains", "scales", "zeros")  # the float16 parts of a packed weight: finite by format
