@@ -46,8 +46,9 @@ def compare(a: dict, b: dict, threshold: float) -> dict:
         for metric, higher_is_better in WATCHED.items():
             rows.append(_row(run_a, run_b, metric, higher_is_better, threshold))
     rows = [row for row in rows if row is not None]
+    different = differences(a, b)
     return {"a": a["environment"].get("command"), "b": b["environment"].get("command"), "threshold": threshold,
-            "workload_differs": a["workload"] != b["workload"], "differences": differences(a, b), "rows": rows,
+            "workload_differs": "workload" in different, "differences": different, "rows": rows,
             "flagged": sum(row["verdict"] != "same" for row in rows),
             "regressions": sum(row["verdict"] == "worse" for row in rows)}
 

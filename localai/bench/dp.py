@@ -68,5 +68,5 @@ def run_dp(model: str, workload: Workload, places: list[Placement], request_ids:
     shares = split(len(request_ids), len(places))
     specs = [WorkerSpec(model=model, device=place.device, workload=workload.to_dict(),
                         request_ids=[request_ids[i] for i in share], cores=place.cores, **options)
-             for place, share in zip(places, shares) if share]
-    return launch(specs, [place.env for place in places[:len(specs)]])
+             for place, share in zip(places, shares)]
+    return launch(specs, [place.env for place in places])

@@ -10,6 +10,7 @@ from localai.bench.metrics import over_repeats, summarize
 from localai.bench.model import ModelFacts
 from localai.bench.tp import check_shardable, run_tp
 from localai.bench.workload import Workload, split
+from localai.errors import UsageError
 
 
 @dataclass
@@ -55,11 +56,15 @@ class BenchPlan:
 
 
 def make_plan(facts: ModelFacts, workload: Workload, device: str, dp: int, tp: int, **options) -> BenchPlan:
-    """A plan whose processes fit the devices (or cores) and whose model can be sharded if asked."""
+    """A plan whose processes fit the devices (or cores), whose model can be sharded if asked, and
+    whose data-parallel replicas all have a request."""
     places = placements(max(dp, tp), device, "--tp" if tp > dp else "--dp")
     plan = BenchPlan(facts=facts, workload=workload, device=device, places=places, dp=dp, tp=tp, **options)
     if plan.wants_tp:
         check_shardable(facts.model_type, facts.num_kv_heads, len(places), facts.quantization)
+    if plan.wants_dp and workload.num_requests < len(places):  # tensor-parallel ranks all share every request
+        raise UsageError(f"{workload.num_requests} request(s) leave some of the {len(places)} replicas idle",
+                         f"use --num-requests {len(places)} or more (prompts from a file are repeated)")
     return plan
 
 

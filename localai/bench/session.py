@@ -116,15 +116,7 @@ def prepare(o: BenchOptions) -> Prepared:
     plan = make_plan(facts, workload, device, dp, tp, compare=compare, scaling=o.scaling, batch_size=batch_size,
                      warmup=o.warmup, repeats=o.repeats, decode_mode=o.decode_mode,
                      verbosity=settings.verbosity)
-    _check_replicas_busy(workload, len(plan.places) if plan.wants_dp else 1)
     return Prepared(o, hub_id, facts, workload, batch_size, plan)
-
-
-def _check_replicas_busy(workload: Workload, replicas: int) -> None:
-    """Every data-parallel replica needs a request (tensor-parallel ranks all share every request)."""
-    if workload.num_requests < replicas:
-        raise UsageError(f"{workload.num_requests} request(s) leave some of the {replicas} replicas idle",
-                         f"use --num-requests {replicas} or more (prompts from a file are repeated)")
 
 
 def _workload(o: BenchOptions, facts: ModelFacts, path: Path) -> Workload:

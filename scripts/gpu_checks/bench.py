@@ -116,8 +116,8 @@ def worker_path(folder: Path) -> dict:
 
 
 def run() -> dict:
-    if missing_device():
-        return {"error": missing_device()}
+    if why := missing_device():
+        return {"error": why}
     from localai.bench.report import build_report, environment
 
     import_localai()

@@ -158,7 +158,7 @@ def greedy_agreement(model) -> dict:
 
     restore_layout(model)
     _, reference = hf_generate(model, 1)
-    engine = Engine(model, IdTokenizer(), decode_mode=sized("graphs", "eager"))
+    engine = Engine(model, IdTokenizer())  # the device's default: CUDA graphs, eager in a rehearsal
     _, ours, _ = engine_generate(engine, 1)
     same = sum(a == b for a, b in zip(reference[0], ours[0]))
     return {"same_tokens": same, "of": len(reference[0]), "first_difference": next(
@@ -216,8 +216,8 @@ def run() -> dict:
     global _deadline
     _deadline = time.perf_counter() + float(os.environ.get("ENGINE_CHECK_BUDGET_S", BUDGET_S))
     report: dict = {"shape": SHAPE, "prompt_tokens": PROMPT_TOKENS, "new_tokens": NEW_TOKENS}
-    if missing_device():
-        return {**report, "error": missing_device()}
+    if why := missing_device():
+        return {**report, "error": why}
     try:
         import_localai()
         model = build_model()

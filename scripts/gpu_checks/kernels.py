@@ -207,16 +207,14 @@ def bench_matmul(splits: tuple[int, ...] = ()) -> list[dict]:
                 contenders["nf4"] = [lambda f=f: f(x) for f in nf4]
             else:
                 row["nf4_us"] = nf4
+            for split in splits:  # forced split-K, beside the tuned choice
+                contenders[f"turbo_split{split}"] = [
+                    lambda c=c, g=g, split=split: triton_matmul.turbo_matmul(x, c, g, 64, split_k=split) for c, g in turbo]
             for name, calls in contenders.items():
                 timed = attempt(_time_calls_us, calls)
                 row[f"{name}_us"], method = timed if isinstance(timed, tuple) else (timed, "failed")
                 if method != "cuda-graph" and not REHEARSAL:
                     row[f"{name}_timing"] = method
-            for split in splits:
-                calls = [lambda c=c, g=g, split=split: triton_matmul.turbo_matmul(x, c, g, 64, split_k=split)
-                         for c, g in turbo]
-                timed = attempt(_time_calls_us, calls)
-                row[f"turbo_split{split}_us"] = timed[0] if isinstance(timed, tuple) else timed
             if isinstance(row["turbo_us"], float):
                 for base in ("fp16", "nf4"):
                     if isinstance(row[f"{base}_us"], float):
@@ -232,8 +230,8 @@ def bench_matmul(splits: tuple[int, ...] = ()) -> list[dict]:
 def run(sweep_splits: tuple[int, ...] = (), budget_s: float = BUDGET_S) -> dict:
     """All checks within `budget_s` seconds; parts that would not fit are reported as skipped."""
     global _deadline
-    if missing_device():
-        return {"error": missing_device()}
+    if why := missing_device():
+        return {"error": why}
     import_localai()
     _deadline = time.perf_counter() + budget_s
     report = {"device": device_name()}

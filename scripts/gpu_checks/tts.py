@@ -206,8 +206,8 @@ def measure(quantize: bool, eager_baseline: bool) -> dict:
 
 
 def run() -> dict:
-    if missing_device():
-        return {"error": missing_device()}
+    if why := missing_device():
+        return {"error": why}
     report = {"gpu": device_name(), "frames_per_sentence": FRAMES,
               "note": "random weights at the released dimensions; speech is noise, work per frame is real"}
     for name, quantize in (("bf16", False), ("turboquant_4bit", True)):
