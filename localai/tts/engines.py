@@ -40,6 +40,7 @@ class VoxtralEngine:
         self.synthesizer = None
         self.label = "Voxtral 4B TTS"
         self._voices: list[str] | None = None
+        self._tokenizer = None  # read once: for the voice list, then for the synthesizer
 
     @property
     def sample_rate(self) -> int:
@@ -48,17 +49,23 @@ class VoxtralEngine:
     def load(self) -> None:
         """Load the model (once) and say on stderr which one it is."""
         if self.synthesizer is None:
-            self.synthesizer, quantized = load_synthesizer(self.folder, self.device, self.quantize)
+            self.synthesizer, quantized = load_synthesizer(self.folder, self.device, self.quantize, self.tokenizer())
             weights = "4-bit TurboQuant" if quantized else str(self.synthesizer.model.dtype).removeprefix("torch.")
             self.label = f"Voxtral 4B TTS ({self.device}, {weights})"
             info(f"tts: {self.label}")
 
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from localai.tts.voxtral.loader import load_tokenizer
+
+            self._tokenizer = load_tokenizer(self.folder)
+        return self._tokenizer
+
     def voices(self) -> list[str]:
         if self._voices is None:
-            from localai.tts.voxtral.loader import load_tokenizer, usable_voices
+            from localai.tts.voxtral.loader import usable_voices
 
-            tokenizer = self.synthesizer.tokenizer if self.synthesizer else load_tokenizer(self.folder)
-            self._voices = usable_voices(self.folder, tokenizer)
+            self._voices = usable_voices(self.folder, self.tokenizer())
         return self._voices
 
     def resolve_voice(self, voice: str | None, lang: str | None) -> str:
@@ -107,8 +114,8 @@ def show_license_once() -> None:
         warn(f"could not remember the license notice ({exc})")
 
 
-def load_synthesizer(folder: Path, device: str, quantize: bool = False):
-    """(VoxtralSynthesizer, whether its weights are 4-bit)."""
+def load_synthesizer(folder: Path, device: str, quantize: bool = False, tokenizer=None):
+    """(VoxtralSynthesizer, whether its weights are 4-bit); `tokenizer`: the folder's, if already read."""
     import torch
 
     from localai.tts.voxtral.generate import VoxtralSynthesizer
@@ -126,7 +133,7 @@ def load_synthesizer(folder: Path, device: str, quantize: bool = False):
 
         info(f"quantizing the Voxtral backbone and acoustic head to 4 bits on the {device}...")
         quantize_voxtral(model, device)
-    synthesizer = VoxtralSynthesizer(model, load_tokenizer(folder), folder)
+    synthesizer = VoxtralSynthesizer(model, tokenizer or load_tokenizer(folder), folder)
     synthesizer.prepare()
     return synthesizer, quantize or stored_4bit
 
