@@ -258,7 +258,9 @@ class LeanModel:
         self.windows = set(windows) - {None}
         self.norm = make_norm(inner.norm)
         self.head = Projection([model.get_output_embeddings()])  # a tied embedding keeps its own weight
-        self.head_tied = model.get_output_embeddings().weight is self.embed.weight
+        head = self.head  # a tied head packed for batches is a copy beside the embedding's weight
+        self.tied_head_packs = (model.get_output_embeddings().weight is self.embed.weight and head.fused
+                                and not head.turbo and pack_for_cpu(head.weight[:1]) is not None)
         self.rotary = inner.rotary_emb
         self.heads = config.num_attention_heads
         self.kv_heads = config.num_key_value_heads
@@ -286,8 +288,7 @@ class LeanModel:
         """Bytes that packing for batches would add: a packed copy replaces each weight it is made
         from, except a head tied to the embedding, whose weight the embedding still holds."""
         head = self.head
-        if not self.head_tied or head.packed is not None or not head.fused or head.turbo \
-                or pack_for_cpu(head.weight[:1]) is None:
+        if not self.tied_head_packs or head.packed is not None:
             return 0
         return head.weight.numel() * head.weight.element_size()
 
