@@ -18,5 +18,11 @@ class LocalaiError(Exception):
         return " ".join(text.split())
 
 
+def first_line(exc: BaseException) -> str:
+    """An exception's message cut to its first line for a one-line report (its type when empty)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class UsageError(LocalaiError):
     """Bad arguments that the parser could not catch; exits 2 like a parser error."""

@@ -69,13 +69,9 @@ def eval_windows(tokenizer, text: str, windows: int, ctx: int):
 def check_context(folder: Path, ctx: int) -> None:
     """A window longer than the model's context (max_position_embeddings) scores positions it was never
     trained on: refuse it."""
-    from transformers import AutoConfig
+    from localai.loading import read_auto_config
 
-    try:
-        config = AutoConfig.from_pretrained(folder, trust_remote_code=False).get_text_config()
-    except (ValueError, KeyError, OSError) as exc:
-        raise LocalaiError(f"transformers cannot read {Path(folder) / 'config.json'}: {str(exc).splitlines()[0]}",
-                           "check that this is a transformers text-generation model") from None
+    config = read_auto_config(folder, "check that this is a transformers text-generation model").get_text_config()
     context = getattr(config, "max_position_embeddings", None)
     if isinstance(context, int) and ctx > context:
         raise LocalaiError(f"--ctx {ctx} is longer than the context of {folder} ({context} tokens)",

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
-from localai.errors import LocalaiError
+from localai.errors import LocalaiError, first_line
 
 DOWNLOAD_HINT = "Download the model again with `localai download MODEL`"
 
@@ -84,9 +84,14 @@ def pick_dtype(device: str, dtype: Optional[str] = None):
     return getattr(torch, DTYPE_NAMES[dtype])
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+def read_auto_config(folder: Path, hint: str):
+    """transformers' config for the model in `folder`; one line naming config.json when it cannot be read."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(folder, trust_remote_code=False)
+    except (ValueError, KeyError, OSError) as exc:
+        raise LocalaiError(f"transformers cannot read {Path(folder) / 'config.json'}: {first_line(exc)}", hint) from None
 
 
 def load_model(path, device: Optional[str] = None, dtype=None):
@@ -116,10 +121,10 @@ def load_model(path, device: Optional[str] = None, dtype=None):
                            "config.json is damaged or belongs to another model; " + DOWNLOAD_HINT) from exc
     except (ValueError, KeyError) as exc:
         model_type = config.get("model_type", "unknown")
-        raise LocalaiError(f"transformers cannot load {folder} (model type {model_type!r}): {_first_line(exc)}",
+        raise LocalaiError(f"transformers cannot load {folder} (model type {model_type!r}): {first_line(exc)}",
                            "Upgrade transformers, or check that this is a text-generation model") from exc
     except OSError as exc:
-        raise LocalaiError(f"cannot read the weights in {folder}: {_first_line(exc)}", DOWNLOAD_HINT) from exc
+        raise LocalaiError(f"cannot read the weights in {folder}: {first_line(exc)}", DOWNLOAD_HINT) from exc
     return model.eval()
 
 
@@ -173,6 +178,6 @@ def load_tokenizer(path):
     try:
         return AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
     except (ValueError, KeyError, OSError, TypeError) as exc:
-        raise LocalaiError(f"cannot load the tokenizer in {folder}: {_first_line(exc)}",
+        raise LocalaiError(f"cannot load the tokenizer in {folder}: {first_line(exc)}",
                            "The folder needs tokenizer.json (or tokenizer.model) and tokenizer_config.json; "
                            + DOWNLOAD_HINT) from exc

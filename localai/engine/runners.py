@@ -13,6 +13,7 @@ import torch
 from localai.engine.graphs import GraphDecoder, buckets
 from localai.engine.model import LeanModel
 from localai.engine.oom import is_out_of_memory
+from localai.errors import first_line
 
 
 class LeanRunner:
@@ -76,7 +77,7 @@ class LeanRunner:
                     raise
                 # a step that cannot be captured or compiled still runs eagerly
                 self.notice(f"{self.decode_mode} decoding failed ({type(exc).__name__}: "
-                            f"{str(exc).splitlines()[0] if str(exc) else ''}); decoding eagerly")
+                            f"{first_line(exc)}); decoding eagerly")
                 self._fixed_step, self.decode_mode = None, "eager"
         return self.model(tokens, start, 0, kv_len, torch.zeros_like(start))
 

@@ -14,7 +14,7 @@ import os
 import shutil
 from pathlib import Path
 
-from localai.errors import LocalaiError
+from localai.errors import LocalaiError, first_line
 
 QUANT_METHOD = "turboquant"
 WEIGHTS_NAME = "model.safetensors"
@@ -214,7 +214,7 @@ def stored_headers(files: list[Path]) -> dict:
                     part = handle.get_slice(key)
                     headers[key] = (tuple(part.get_shape()), part.get_dtype())
         except Exception as exc:  # safetensors raises its own error type for damaged files
-            raise LocalaiError(f"{file} is truncated or corrupt ({str(exc).splitlines()[0]})",
+            raise LocalaiError(f"{file} is truncated or corrupt ({first_line(exc)})",
                                REQUANTIZE_HINT) from None
     return headers
 
@@ -283,13 +283,11 @@ def _check_stored_scales(files: list[Path], qc: dict, folder) -> None:
 
 def _meta_model(folder: Path):
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    try:
-        config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
-    except (ValueError, KeyError, OSError) as exc:
-        raise LocalaiError(f"transformers cannot read {folder / 'config.json'}: {str(exc).splitlines()[0]}",
-                           REQUANTIZE_HINT) from None
+    from localai.loading import read_auto_config
+
+    config = read_auto_config(folder, REQUANTIZE_HINT)
     config.quantization_config = None
     with torch.device("meta"):
         return AutoModelForCausalLM.from_config(config, trust_remote_code=False)

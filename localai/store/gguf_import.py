@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from localai.errors import LocalaiError
+from localai.errors import LocalaiError, first_line
 from localai.store.home import (METADATA_FILE, find_imported, model_dir, read_metadata, safe_name,
                                 staged_model_dir, writable_models_dir, write_metadata)
 from localai.store.locking import store_lock
@@ -55,8 +55,7 @@ def _convert(gguf_path: Path, out: Path) -> None:
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
         model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32, **options)
     except (ValueError, KeyError, RuntimeError, OSError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise LocalaiError(f"transformers cannot convert {gguf_path.name}: {first_line}",
+        raise LocalaiError(f"transformers cannot convert {gguf_path.name}: {first_line(exc)}",
                            "Use a GGUF of an architecture transformers supports (llama, mistral, qwen2, qwen3, ...)"
                            ) from exc
     model.save_pretrained(out)

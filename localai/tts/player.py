@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from localai.console import warn
-from localai.errors import LocalaiError
+from localai.errors import LocalaiError, first_line
 from localai.tts.resample import Resampler
 
 _END = None
@@ -44,7 +44,7 @@ def open_speaker(sample_rate: int):
     try:
         return _started_stream(sounddevice, sample_rate)
     except Exception as exc:  # sounddevice.PortAudioError and friends: no usable device, or not at this rate
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc)
     try:
         device_rate = int(sounddevice.query_devices(kind="output")["default_samplerate"])
         if device_rate != sample_rate:
@@ -235,7 +235,7 @@ class AudioOutput:
         try:
             action()
         except Exception as exc:  # a sink that fails is dropped, the answer goes on
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            reason = first_line(exc)
             self.failures[sink] = reason
             warn(f"{what} stopped: {reason}")
             if sink == "speaker":

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from localai.errors import LocalaiError
+from localai.errors import LocalaiError, first_line
 from localai.tts.voxtral.config import END_AUDIO
 from localai.tts.voxtral.frame_steps import FRAME_STEPS, EagerFrames
 from localai.tts.voxtral.loader import load_voice, usable_voices
@@ -55,7 +55,7 @@ class VoxtralSynthesizer:
         except Exception as exc:  # any capture failure: eager frames still speak
             from localai.console import warn
 
-            warn(f"could not capture the Voxtral frame step in a CUDA graph ({str(exc).splitlines()[0]}); "
+            warn(f"could not capture the Voxtral frame step in a CUDA graph ({first_line(exc)}); "
                  "speaking with the eager step, which is slower")
             self.decode_mode, self.frame_steps = "eager", EagerFrames(self.model)
 

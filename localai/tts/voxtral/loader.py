@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from localai.errors import LocalaiError
+from localai.errors import LocalaiError, first_line
 from localai.tts.voxtral.config import VoxtralConfig, load_config
 
 WEIGHTS_FILE = "consolidated.safetensors"
@@ -104,7 +104,7 @@ def read_quantization(folder: Path) -> dict | None:
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise _bad_quantization(f"cannot be read ({str(exc).splitlines()[0]})") from None
+        raise _bad_quantization(f"cannot be read ({first_line(exc)})") from None
     if not isinstance(record, dict):
         raise _bad_quantization("is not a JSON object")
     if record.get("quant_method") != QUANT_METHOD:
@@ -197,7 +197,7 @@ def load_model(folder: Path, device="cpu", dtype=None, embed_device="cpu"):
                 else:
                     state[target] = tensor.to(device=where, dtype=torch.float32 if target in FLOAT32_TENSORS else dtype)
     except (OSError, RuntimeError, SafetensorError) as exc:
-        raise LocalaiError(f"cannot read {path}: {str(exc).splitlines()[0]}", hint) from None
+        raise LocalaiError(f"cannot read {path}: {first_line(exc)}", hint) from None
     model.load_state_dict(state, strict=True, assign=True)
     for layer in model.modules():
         if isinstance(layer, TurboLinear):
@@ -230,7 +230,7 @@ def load_voice(folder: Path, name: str, config: VoxtralConfig):
     try:
         voice = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
-        raise LocalaiError(f"refusing {path.name}: {str(exc).splitlines()[0]}",
+        raise LocalaiError(f"refusing {path.name}: {first_line(exc)}",
                            "voice files must hold a plain tensor; download the model again") from None
     if not isinstance(voice, torch.Tensor) or voice.dim() != 2 or voice.shape[1] != config.backbone.dim:
         shape = list(voice.shape) if isinstance(voice, torch.Tensor) else type(voice).__name__
