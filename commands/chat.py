@@ -65,10 +65,8 @@ def main(
 
         raise LocalaiError(f"{model} has no chat template, so it cannot hold a conversation",
                            "for plain text completion use `localai generate MODEL --raw PROMPT`")
-    longest = min(context, engine.shape.max_positions)  # memory may shorten it further: checked again below
-    if longest <= max_new_tokens:
-        raise UsageError(f"--max-new-tokens {max_new_tokens} leaves no room for the prompt in a "
-                         f"{longest}-token context", "lower --max-new-tokens")
+    # memory may shorten the context further: checked again with the plan
+    _check_room(max_new_tokens, min(context, engine.shape.max_positions))
     speech = None
     if speak or speak_out:  # before the memory plan: what the speech model takes is not there for the cache
         from localai.tts.session import start_speech
@@ -76,9 +74,7 @@ def main(
         speech = start_speech(voice=voice, out_path=Path(speak_out) if speak_out else None, play=speak_out is None)
     try:
         plan = engine.plan_for([Request([0])], batch_size=1, max_ctx=context)
-        if plan.max_ctx <= max_new_tokens:
-            raise UsageError(f"--max-new-tokens {max_new_tokens} leaves no room for the prompt in a "
-                             f"{plan.max_ctx}-token context", "lower --max-new-tokens")
+        _check_room(max_new_tokens, plan.max_ctx)
         repl = ChatRepl(engine, conversation, params, plan, history_file=Path(history) if history else None,
                         notice=note, tee=[speech] if speech else None)
         if piped is not None:
@@ -95,3 +91,10 @@ def main(
         if speech is not None:
             speech.close()  # waits for the last sentence, finishes the WAV
 
+
+def _check_room(max_new_tokens: int, context: int) -> None:
+    from localai.errors import UsageError
+
+    if context <= max_new_tokens:
+        raise UsageError(f"--max-new-tokens {max_new_tokens} leaves no room for the prompt in a "
+                         f"{context}-token context", "lower --max-new-tokens")

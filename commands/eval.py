@@ -28,14 +28,12 @@ def main(
     """
     from localai.console import info, out, out_json
     from localai.errors import UsageError
-    from localai.evaluate import read_text
+    from localai.evaluate import check_windows, read_text
     from localai.store import resolve_model
 
     if batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {batch_size}", "use --batch-size 1 or more")
-    if windows < 1 or ctx < 2:
-        raise UsageError(f"need at least 1 window of at least 2 tokens, got {windows} x {ctx}",
-                         "use --windows 1 or more and --ctx 2 or more")
+    check_windows(windows, ctx, UsageError)
     if speed and speed_tokens < 2:
         raise UsageError(f"--speed-tokens must be at least 2, got {speed_tokens}", "use --speed-tokens 2 or more")
     corpus = read_text(text)

@@ -53,11 +53,16 @@ def read_text(path: Path | None) -> str:
         raise LocalaiError(f"cannot read {path}: {exc.strerror or exc}", "pass a readable text file to --text") from None
 
 
+def check_windows(windows: int, ctx: int, error=LocalaiError) -> None:
+    """At least one window of at least two tokens (`error`: the class to raise)."""
+    if windows < 1 or ctx < 2:
+        raise error(f"need at least 1 window of at least 2 tokens, got {windows} x {ctx}",
+                    "use --windows 1 or more and --ctx 2 or more")
+
+
 def eval_windows(tokenizer, text: str, windows: int, ctx: int):
     """Token windows for the protocol: LongTensor [W, ctx] from the first EVAL_CHARS characters."""
-    if windows < 1 or ctx < 2:
-        raise LocalaiError(f"need at least 1 window of at least 2 tokens, got {windows} x {ctx}",
-                           "use --windows >= 1 and --ctx >= 2")
+    check_windows(windows, ctx)
     ids = tokenizer(text[:EVAL_CHARS], add_special_tokens=False, return_tensors="pt")["input_ids"][0]
     available = ids.numel() // ctx
     if available < windows:
