@@ -58,6 +58,23 @@ def test_fit_group_gain_is_least_squares_and_search_helps():
     assert (err <= plain_err + 1e-6).all() and err.sum() < 0.9 * plain_err.sum()
 
 
+def test_quantize_weight_in_row_chunks_equals_the_whole_weight(monkeypatch):
+    w = torch.randn(23, 96, generator=torch.Generator().manual_seed(4))
+    whole = tq.quantize_weight(w, group_size=32, seed=2)
+    monkeypatch.setattr(tq, "ROW_CHUNK_BYTES", 5 * 4 * 128)  # 5 rows of 128 padded inputs: a short tail
+    chunked = tq.quantize_weight(w, group_size=32, seed=2)
+    assert torch.equal(chunked.codes, whole.codes) and torch.equal(chunked.gains, whole.gains)
+
+
+@pytest.mark.parametrize("value,message", [(float("nan"), "holds NaN or infinite weights"),
+                                           (1e9, "has a group of weights too large for float16")])
+def test_quantize_weight_names_the_layer_it_cannot_store(value, message):
+    w = torch.randn(8, 64)
+    w[5, 3] = value
+    with pytest.raises(LocalaiError, match=f"^layers.3.ffn.w1 {message}"):
+        tq.quantize_weight(w, 64, name="layers.3.ffn.w1")
+
+
 def test_group_size_that_does_not_divide_is_a_one_line_error():
     with pytest.raises(LocalaiError, match="group size 128 does not divide the padded input size 576"):
         tq.quantize_weight(torch.randn(4, 576), group_size=128)
@@ -228,7 +245,7 @@ def test_data_free_in_row_chunks_equals_the_whole_weight(tiny_llama, monkeypatch
     model, _ = _load(tiny_llama)
     spec = calibrate.QuantSpec(quantize_head=True)
     whole = calibrate.quantize_data_free(model, spec)
-    monkeypatch.setattr(calibrate, "ROW_CHUNK_BYTES", 7 * 4 * 64)  # 7 rows of 64 inputs: chunks with a short tail
+    monkeypatch.setattr(tq, "ROW_CHUNK_BYTES", 7 * 4 * 64)  # 7 rows of 64 inputs: chunks with a short tail
     chunked = calibrate.quantize_data_free(model, spec)
     assert chunked.packed.keys() == whole.packed.keys()
     for name, packed in whole.packed.items():

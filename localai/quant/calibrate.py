@@ -15,16 +15,14 @@ from dataclasses import dataclass, field
 import torch
 
 from localai.errors import LocalaiError
-from localai.kernels.codebook import LEVELS_4BIT
 from localai.quant import gptq
 from localai.quant.hadamard import random_signs
 from localai.quant.turboquant import (
-    PackedWeight, dequantize_weight, make_layout, pack, quantize_rotated, rotate_weight,
+    PackedWeight, dequantize_weight, finite_weight, join_rows, make_layout, pack, quantize_rows, rotate_weight,
+    storable,
 )
 
 CALIB_BATCH = 4  # calibration sequences per forward
-FLOAT16_MAX = 65504.0
-ROW_CHUNK_BYTES = 256 * 2**20  # float32 weight rows quantized at a time in data-free mode
 
 
 @dataclass
@@ -78,38 +76,17 @@ def target_linears(model, quantize_head: bool) -> dict[str, torch.nn.Linear]:
     return found
 
 
-def _finite_weight(name: str, w: torch.Tensor) -> torch.Tensor:
-    if not torch.isfinite(w).all():
-        raise LocalaiError(f"{name} holds NaN or infinite weights", "the source checkpoint is damaged: download it again")
-    return w
-
-
-def _storable(name: str, packed: PackedWeight) -> PackedWeight:
-    """Every stored weight, level x gain, must be a float16 number: the kernels multiply them in float16."""
-    largest = packed.gains.float().abs().max() * max(abs(level) for level in LEVELS_4BIT)
-    if not torch.isfinite(largest) or largest > FLOAT16_MAX:
-        raise LocalaiError(f"{name} has a group of weights too large for float16 (above {FLOAT16_MAX:.0f})",
-                           "this model's weights cannot be stored in the TurboQuant format")
-    return packed
-
-
 def _quantize_data_free(name: str, linear: torch.nn.Linear, spec: QuantSpec, device) -> tuple[PackedWeight, LayerReport]:
-    """Rows are independent (rotation and groups run along the input), so a weight is quantized
-    ROW_CHUNK_BYTES of float32 rows at a time: a 128k-vocabulary lm_head needs no 10 GB of temporaries."""
     start = time.perf_counter()
     weight = linear.weight.detach()  # [N, K]
     layout = make_layout(weight.shape[1], spec.group_size, spec.max_block)
-    rows = max(1, ROW_CHUNK_BYTES // (4 * layout.k_padded))
-    codes, gains, error, energy = [], [], 0.0, 0.0
-    for first in range(0, weight.shape[0], rows):
-        w = _finite_weight(name, weight[first:first + rows].to(device, torch.float32))
-        packed = _storable(name, pack(*quantize_rotated(rotate_weight(w, layout, spec.seed), spec.group_size), layout))
-        error += float((w - dequantize_weight(packed, spec.seed)).pow(2).sum())
-        energy += float(w.pow(2).sum())
-        codes.append(packed.codes.cpu())
-        gains.append(packed.gains.cpu())
-    packed = PackedWeight(torch.cat(codes), torch.cat(gains), layout)
-    return packed, LayerReport(name, tuple(weight.shape), time.perf_counter() - start, error / max(energy, 1e-30))
+    parts, error, energy = [], 0.0, 0.0
+    for rows, packed in quantize_rows(weight, layout, spec.seed, name, device):
+        error += float((rows - dequantize_weight(packed, spec.seed)).pow(2).sum())
+        energy += float(rows.pow(2).sum())
+        parts.append(PackedWeight(packed.codes.cpu(), packed.gains.cpu(), layout))
+    return join_rows(parts, layout), LayerReport(name, tuple(weight.shape), time.perf_counter() - start,
+                                                 error / max(energy, 1e-30))
 
 
 def quantize_data_free(model, spec: QuantSpec, device="cpu", on_layer=None) -> QuantResult:
@@ -129,7 +106,7 @@ def _quantize_calibrated(name: str, linear: torch.nn.Linear, hessian: torch.Tens
     """GPTQ in the rotated basis, then passes of code refinement, for one linear;
     writes the dequantized weight back into it."""
     start = time.perf_counter()
-    w = _finite_weight(name, linear.weight.detach().float())  # [N, K]
+    w = finite_weight(name, linear.weight.detach().float())  # [N, K]
     layout = make_layout(w.shape[1], spec.group_size, spec.max_block)
     signs = random_signs(layout.k_padded, spec.seed, device=w.device)
     h_rot = gptq.rotate_hessian(hessian, signs, layout.block)  # [Kp, Kp]
@@ -143,7 +120,7 @@ def _quantize_calibrated(name: str, linear: torch.nn.Linear, hessian: torch.Tens
     for _ in range(spec.refine_passes):
         codes = gptq.refine_codes(w_rot, h_rot, codes, gains, spec.group_size, spec.damp)
         gains = gptq.refit_gains(w_rot, h_rot, codes, spec.group_size, spec.damp)
-    packed = _storable(name, pack(codes, gains, layout))
+    packed = storable(name, pack(codes, gains, layout))
     w_hat = dequantize_weight(packed, spec.seed)
     energy = gptq.output_error(w, torch.zeros_like(w), hessian)
     rel = gptq.output_error(w, w_hat, hessian) / max(energy, 1e-30)

@@ -12,11 +12,13 @@ weights is the scalar case of HIGGS (Malinovskii et al., arXiv 2411.17525).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 
 from localai.errors import LocalaiError
+from localai.kernels.codebook import LEVELS_4BIT
 from localai.quant.codebook import codebook, nearest_code, pack_codes, unpack_codes
 from localai.quant.hadamard import choose_block, fwht, padded_dim, random_signs, rotate
 
@@ -29,6 +31,8 @@ SCALE_GRID = tuple(0.70 + 0.025 * i for i in range(25))
 REFIT_STEPS = 3
 # inside GPTQ the gains are refit afterwards anyway: a coarser search costs half as much
 COARSE_GRID = tuple(0.70 + 0.05 * i for i in range(13))
+FLOAT16_MAX = 65504.0
+ROW_CHUNK_BYTES = 256 * 2**20  # float32 weight rows quantized at a time
 
 
 @dataclass
@@ -125,12 +129,43 @@ def pack(codes: torch.Tensor, gains: torch.Tensor, layout: Layout) -> PackedWeig
     return PackedWeight(pack_codes(codes).contiguous(), gains.to(torch.float16).contiguous(), layout)
 
 
+def finite_weight(name: str, w: torch.Tensor) -> torch.Tensor:
+    if not torch.isfinite(w).all():
+        raise LocalaiError(f"{name} holds NaN or infinite weights", "the source checkpoint is damaged: download it again")
+    return w
+
+
+def storable(name: str, packed: PackedWeight) -> PackedWeight:
+    """Every stored weight, level x gain, must be a float16 number: the kernels multiply them in float16."""
+    largest = packed.gains.float().abs().max() * max(abs(level) for level in LEVELS_4BIT)
+    if not torch.isfinite(largest) or largest > FLOAT16_MAX:
+        raise LocalaiError(f"{name} has a group of weights too large for float16 (above {FLOAT16_MAX:.0f})",
+                           "this model's weights cannot be stored in the TurboQuant format")
+    return packed
+
+
+def quantize_rows(w: torch.Tensor, layout: Layout, seed: int, name: str = "weight",
+                  device=None) -> Iterator[tuple[torch.Tensor, PackedWeight]]:
+    """Data-free TurboQuant of w [N, K] a few rows at a time: yields (the rows in float32 on `device`,
+    their packed form). Rows are independent (rotation and groups run along the input), so ROW_CHUNK_BYTES
+    of rows at a time give the same codes as the whole weight: a 128k-vocabulary head needs no 10 GB of
+    temporaries. `name` is the layer named by the errors for NaN weights or gains beyond float16."""
+    rows = max(1, ROW_CHUNK_BYTES // (4 * layout.k_padded))
+    for first in range(0, w.shape[0], rows):
+        chunk = finite_weight(name, w[first:first + rows].to(device or w.device, torch.float32))
+        codes, gains = quantize_rotated(rotate_weight(chunk, layout, seed), layout.group_size)
+        yield chunk, storable(name, pack(codes, gains, layout))
+
+
+def join_rows(parts: list[PackedWeight], layout: Layout) -> PackedWeight:
+    return PackedWeight(torch.cat([p.codes for p in parts]), torch.cat([p.gains for p in parts]), layout)
+
+
 def quantize_weight(w: torch.Tensor, group_size: int = DEFAULT_GROUP_SIZE, seed: int = DEFAULT_SEED,
-                    max_block: int = DEFAULT_MAX_BLOCK) -> PackedWeight:
-    """Data-free TurboQuant of one weight w: [N, K]."""
+                    max_block: int = DEFAULT_MAX_BLOCK, name: str = "weight") -> PackedWeight:
+    """Data-free TurboQuant of one weight w: [N, K], on w's device."""
     layout = make_layout(w.shape[1], group_size, max_block)
-    codes, gains = quantize_rotated(rotate_weight(w, layout, seed), group_size)
-    return pack(codes, gains, layout)
+    return join_rows([packed for _, packed in quantize_rows(w, layout, seed, name)], layout)
 
 
 def dequantize_rotated(packed: PackedWeight) -> torch.Tensor:

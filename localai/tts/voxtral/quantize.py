@@ -38,7 +38,7 @@ def quantize_voxtral(model, device="cuda", group_size: int = DEFAULT_GROUP_SIZE,
     count = 0
     for path, parent, name in quantized_linears(model):
         linear = getattr(parent, name)
-        packed = quantize_weight(linear.weight.detach().to(device), group_size, seed, DEFAULT_MAX_BLOCK)
+        packed = quantize_weight(linear.weight.detach().to(device), group_size, seed, DEFAULT_MAX_BLOCK, name=path)
         setattr(parent, name, TurboLinear.from_packed(packed.codes, packed.gains, linear.in_features, group_size,
                                                       seed, block=packed.layout.block))
         count += linear.weight.numel()
