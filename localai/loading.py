@@ -29,35 +29,20 @@ def _read_config(folder: Path) -> dict:
         raise LocalaiError(f"{config_file} is not valid JSON ({exc})", DOWNLOAD_HINT) from exc
 
 
-def _check_safetensors(folder: Path) -> list[Path]:
-    """Open every .safetensors header: truncated or corrupt files fail here, named, before loading."""
+def _check_weights(folder: Path) -> None:
+    """Every weight file present (store.model_folder, the one definition of a complete folder), and
+    every .safetensors header readable: truncated or corrupt files fail here, named, before loading."""
     from safetensors import safe_open
 
-    files = sorted(folder.glob("*.safetensors"))
-    for file in files:
+    from localai.store.model_folder import check_model_folder
+
+    check_model_folder(folder)
+    for file in sorted(folder.glob("*.safetensors")):
         try:
             with safe_open(str(file), framework="pt"):
                 pass
         except Exception as exc:  # safetensors raises its own SafetensorError, not an OSError
             raise LocalaiError(f"{file} is truncated or corrupt ({exc})", DOWNLOAD_HINT) from exc
-    index_file = folder / "model.safetensors.index.json"
-    if index_file.is_file():
-        try:
-            shards = set(json.loads(index_file.read_text())["weight_map"].values())
-        except (OSError, ValueError, KeyError) as exc:
-            raise LocalaiError(f"{index_file} is damaged ({exc})", DOWNLOAD_HINT) from exc
-        missing = sorted(s for s in shards if not (folder / s).is_file())
-        if missing:
-            raise LocalaiError(f"{folder} lacks the weight file {missing[0]} named in its index", DOWNLOAD_HINT)
-    return files
-
-
-def _check_weights(folder: Path) -> None:
-    if _check_safetensors(folder):
-        return
-    if any(folder.glob("*.bin")) or any(folder.glob("*.pt")):
-        return  # pickle weights the user fetched with --allow-pickle; transformers reads them weights_only
-    raise LocalaiError(f"{folder} has no weights (*.safetensors)", DOWNLOAD_HINT)
 
 
 DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",

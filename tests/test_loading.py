@@ -62,6 +62,26 @@ def test_missing_weights_and_bad_config(tmp_path, tiny_llama):
         load_model(folder, device="cpu")
 
 
+def test_a_loader_and_the_store_agree_on_a_missing_shard(tmp_path, tiny_llama):
+    """One definition of a complete folder: load_model says what `localai generate FOLDER` says."""
+    import json
+
+    from localai.loading import load_model
+
+    folder = broken_copy(tiny_llama, tmp_path)
+    (folder / "model.safetensors").rename(folder / "model-00001-of-00002.safetensors")
+    weight_map = {"model.embed_tokens.weight": "model-00001-of-00002.safetensors",
+                  "lm_head.weight": "model-00002-of-00002.safetensors"}
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    expected = (f"{folder} is not a model folder: it lacks model-00002-of-00002.safetensors, "
+                "which model.safetensors.index.json names")
+    with pytest.raises(LocalaiError) as info:
+        load_model(folder, device="cpu")
+    assert info.value.message == expected and "download or copy the model again" in info.value.one_line()
+    result = runner.invoke(app, ["generate", str(folder), "hi"])
+    assert result.exit_code == 1 and expected in one_error_line(result.stderr)
+
+
 def test_missing_tokenizer(tmp_path, tiny_llama):
     from localai.loading import load_tokenizer
 

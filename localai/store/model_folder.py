@@ -13,13 +13,14 @@ CONFIG_FILES = ("config.json", "params.json")  # transformers layout | Mistral's
 # pickle files: fetched only with allow_pickle (they can run code when unpickled carelessly)
 PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.pickle")
 WEIGHT_PATTERNS = ("*.safetensors",) + PICKLE_PATTERNS
+NO_CONFIG = "it has no config.json"
 
 
 def missing_part(folder: Path) -> Optional[str]:
     """What keeps `folder` from being a model folder, in a few words; None when nothing does."""
     folder = Path(folder)
     if not any((folder / name).is_file() for name in CONFIG_FILES):
-        return "it has no config.json"
+        return NO_CONFIG
     for index in sorted(folder.glob("*.index.json")):
         try:
             shards = set(json.loads(index.read_text()).get("weight_map", {}).values())
@@ -37,6 +38,7 @@ def check_model_folder(folder: Path) -> Path:
     """`folder` when it holds a model; a one-line error saying what is missing otherwise."""
     reason = missing_part(folder)
     if reason is not None:
-        raise LocalaiError(f"{folder} is not a model folder: {reason}",
-                           "Pass the folder that holds config.json and the weights, or a .gguf file")
+        hint = ("Pass the folder that holds config.json and the weights, or a .gguf file" if reason == NO_CONFIG
+                else "The folder is incomplete: download or copy the model again")
+        raise LocalaiError(f"{folder} is not a model folder: {reason}", hint)
     return Path(folder)
