@@ -115,7 +115,7 @@ def parse_batch_size(value: str, error) -> Optional[int]:
 def json_line(result) -> str:
     import json
 
-    return json.dumps(result.to_json(), ensure_ascii=False)
+    return json.dumps(result.to_json())  # ASCII, as --json: valid in any stdout encoding
 
 
 def json_document(model: str, results, engine) -> dict:

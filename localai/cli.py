@@ -202,7 +202,15 @@ def _ctrl_c_kept(hook):
     return handle
 
 
+def tolerate_unencodable_output() -> None:
+    """Text a stdout in a legacy encoding (a cp1252 Windows pipe, PYTHONIOENCODING=ascii) cannot hold
+    is written as '?' instead of crashing the command mid-answer. JSON output is ASCII, so it is intact."""
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="replace")
+
+
 def main() -> None:
+    tolerate_unencodable_output()
     signal.signal(signal.SIGTERM, _terminated)
     sys.unraisablehook = _ctrl_c_kept(sys.unraisablehook)
     app(prog_name="localai")

@@ -194,3 +194,36 @@ def test_flags_the_device_or_loader_cannot_take_are_usage_errors_before_loading(
 def test_unknown_model_is_a_one_line_error(tmp_path, localai_home):
     line = one_line_error(generate(tmp_path / "nothing-here", "hi"))
     assert "nothing-here" in line
+
+
+@pytest.mark.parametrize("fmt", ["--jsonl", "--json", None])
+def test_a_stdout_in_a_legacy_encoding_gets_ascii_json_and_never_a_crash(tiny_llama, fmt):
+    """A cp1252 pipe on Windows or PYTHONIOENCODING=ascii: JSON is ASCII, and text it cannot hold is '?'."""
+    import os
+
+    from cli_helpers import run_cli
+
+    env = {**os.environ, "PYTHONIOENCODING": "ascii"}
+    prompt = "café ☕ 東京"
+    result = run_cli("--device", "cpu", "generate", str(tiny_llama), prompt, "--max-new-tokens", "3",
+                     *([fmt] if fmt else []), env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.isascii()
+    if fmt == "--jsonl":
+        assert json.loads(result.stdout)["prompt"] == prompt
+    elif fmt == "--json":
+        assert json.loads(result.stdout)["results"][0]["prompt"] == prompt
+
+
+def test_unencodable_text_is_replaced_instead_of_raising(monkeypatch):
+    import io
+    import sys
+
+    from localai.cli import tolerate_unencodable_output
+    from localai.console import out
+
+    raw = io.BytesIO()
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(raw, encoding="ascii"))
+    tolerate_unencodable_output()
+    out("café")
+    assert raw.getvalue() == b"caf?\n"
