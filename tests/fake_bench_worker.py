@@ -30,7 +30,8 @@ def ready() -> str:
 
 
 def result(spec: dict, repeat: int) -> str:
-    traces = [{"request_id": i, "input_len": 4, "admitted": 0.0, "token_times": [0.5, 1.0]} for i in spec["request_ids"]]
+    traces = [{"request_id": i, "input_len": 4, "admitted": 0.0, "token_times": [0.5, 1.0], "token_ids": [i, i]}
+              for i in spec["request_ids"]]
     return json.dumps({"event": "result", "repeat": repeat, "traces": traces, "peak_memory_mb": 1.0}) + "\n"
 
 

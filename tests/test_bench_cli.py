@@ -2,6 +2,9 @@
 
 import json
 import os
+import re
+import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -46,7 +49,7 @@ def test_dp2_with_scaling_from_a_prompts_file(tiny_llama, tmp_path):
                    "--repeats", 2, "--format", "json")
     assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout)
-    assert report["schema"] == "localai.bench/1"
+    assert report["schema"] == "localai.bench/2"
     assert report["workload"]["source"] == str(prompts) and report["workload"]["num_requests"] == 5
     dp, alone = report["runs"]
     assert dp["name"] == "dp2" and alone["name"] == "dp1-alone"
@@ -55,7 +58,9 @@ def test_dp2_with_scaling_from_a_prompts_file(tiny_llama, tmp_path):
     assert [r["requests"] for r in dp["replicas"]] == [3, 2] and alone["replicas"][0]["requests"] == 3
     assert dp["metrics"]["completed"] == 5 and dp["metrics"]["total_output_tokens"] == 25  # EOS ignored
     assert len(dp["repeats"]) == 2 and dp["metrics_sd"]["output_throughput"] is not None
-    assert report["scaling"]["processes"] == 2 and report["scaling"]["speedup"] > 0
+    [scaling] = report["scaling"]
+    assert scaling["run"] == "dp2" and scaling["baseline"] == "dp1-alone"
+    assert scaling["processes"] == 2 and scaling["speedup"] > 0
     env = report["environment"]
     assert {"torch", "transformers", "bitsandbytes", "localai", "git_commit", "command", "cpu"} <= set(env)
 
@@ -67,6 +72,31 @@ def test_compare_dp_tp_greedy_outputs_match(tiny_qwen3):
     table = result.stdout
     assert table.startswith("run") and "dp2" in table and "tp2" in table
     assert "greedy outputs match" in table and "gloo" in table
+
+
+def test_compare_with_scaling_reports_both_modes_in_every_format(tiny_llama, monkeypatch):
+    """--compare dp,tp --scaling gave the DP run a scaling figure and the TP run none. Fake workers
+    stand in for the model; each format is asked for once."""
+    from localai.bench import dp, launcher
+
+    fake_worker = Path(__file__).with_name("fake_bench_worker.py")
+    monkeypatch.setattr(launcher, "WORKER_COMMAND", [sys.executable, str(fake_worker)])
+    monkeypatch.setattr(dp, "cpu_cores", lambda: [0, 1])
+
+    def report_as(fmt: str) -> str:
+        result = bench(tiny_llama, "--compare", "dp,tp", "--scaling", "--num-requests", 4, *SMALL, "--format", fmt)
+        assert result.exit_code == 0, result.stderr
+        return result.stdout
+
+    report = json.loads(report_as("json"))
+    assert [run["name"] for run in report["runs"]] == ["dp2", "tp2", "dp1-alone", "tp1-alone"]
+    assert [run["metrics"]["completed"] for run in report["runs"]] == [4, 4, 2, 4]
+    assert [(s["run"], s["baseline"]) for s in report["scaling"]] == [("dp2", "dp1-alone"), ("tp2", "tp1-alone")]
+    for text in (report_as("table"), report_as("md")):
+        assert re.search(r"scaling: dp2 is [\d.]+x dp1-alone", text)
+        assert re.search(r"scaling: tp2 is [\d.]+x tp1-alone", text)
+    lines = [json.loads(line) for line in report_as("jsonl").splitlines()]
+    assert [line["scaling"]["baseline"] for line in lines if line["kind"] == "scaling"] == ["dp1-alone", "tp1-alone"]
 
 
 @TWO_CORES

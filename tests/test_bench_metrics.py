@@ -152,11 +152,19 @@ def one_second_runs(calls: list, mode: str):
     return launch
 
 
-def scaling_plan(dp: int, tp: int) -> runner.BenchPlan:
+def scaling_plan(dp: int, tp: int, compare: bool = False) -> runner.BenchPlan:
     facts = ModelFacts("m", "LlamaForCausalLM", "llama", 100, set(), 512, 4, 2, "none")
-    places = [Placement("cpu", f"cpu core {i}", {}, [i]) for i in range(2)]
+    places = [Placement("cpu", f"cpu core {i}", {}, [i]) for i in range(max(dp, tp))]
     return runner.BenchPlan(facts=facts, workload=random_workload(100, set(), 4, 4, 2, 0), device="cpu",
-                            places=places, dp=dp, tp=tp, scaling=True)
+                            places=places, dp=dp, tp=tp, compare=compare, scaling=True)
+
+
+def fake_launchers(monkeypatch) -> list:
+    """run_dp and run_tp replaced by one_second_runs; returns the list of their calls."""
+    calls = []
+    monkeypatch.setattr(runner, "run_dp", one_second_runs(calls, "dp"))
+    monkeypatch.setattr(runner, "run_tp", one_second_runs(calls, "tp"))
+    return calls
 
 
 @pytest.mark.parametrize("dp, tp, baseline, requests, speedup", [
@@ -164,12 +172,34 @@ def scaling_plan(dp: int, tp: int) -> runner.BenchPlan:
     (1, 2, "tp1-alone", 4, 1.0),  # the whole workload unsharded: the ranks split the same work, no faster
 ])
 def test_scaling_baseline_does_the_parallel_processes_work(monkeypatch, dp, tp, baseline, requests, speedup):
-    calls = []
-    monkeypatch.setattr(runner, "run_dp", one_second_runs(calls, "dp"))
-    monkeypatch.setattr(runner, "run_tp", one_second_runs(calls, "tp"))
+    calls = fake_launchers(monkeypatch)
     result = runner.execute(scaling_plan(dp, tp))
     parallel, alone = calls
     assert alone["processes"] == 1 and len(alone["requests"]) == requests
     assert alone["decode_mode"] == parallel["decode_mode"]
     assert result["runs"][1]["name"] == baseline and result["runs"][1]["metrics"]["completed"] == requests
-    assert result["scaling"]["speedup"] == pytest.approx(speedup)
+    [entry] = result["scaling"]
+    assert entry["baseline"] == baseline and entry["speedup"] == pytest.approx(speedup)
+
+
+def test_compared_runs_each_scale_against_their_own_baseline(monkeypatch):
+    """--compare dp,tp --scaling: the TP run had no scaling figure, only the DP run had one."""
+    calls = fake_launchers(monkeypatch)
+    result = runner.execute(scaling_plan(2, 2, compare=True))
+    assert [run["name"] for run in result["runs"]] == ["dp2", "tp2", "dp1-alone", "tp1-alone"]
+    assert [(c["mode"], c["processes"], len(c["requests"])) for c in calls] == [
+        ("dp", 2, 4), ("tp", 2, 4), ("dp", 1, 2), ("dp", 1, 4)]  # DP's baseline: one share; TP's: everything
+    assert {c["decode_mode"] for c in calls} == {"eager"}
+    assert [(s["run"], s["baseline"], s["processes"]) for s in result["scaling"]] == [
+        ("dp2", "dp1-alone", 2), ("tp2", "tp1-alone", 2)]
+    assert [s["speedup"] for s in result["scaling"]] == pytest.approx([2.0, 1.0])
+    assert [s["efficiency"] for s in result["scaling"]] == pytest.approx([1.0, 0.5])
+    assert result["comparison"]["greedy_outputs_match"] is True
+
+
+def test_compared_runs_on_one_device_share_their_identical_baseline(monkeypatch):
+    """On one device DP's one share is every request, as TP's baseline: the same run, made once."""
+    calls = fake_launchers(monkeypatch)
+    result = runner.execute(scaling_plan(1, 1, compare=True))
+    assert [run["name"] for run in result["runs"]] == ["dp1", "tp1", "dp1-alone"] and len(calls) == 3
+    assert [(s["run"], s["baseline"]) for s in result["scaling"]] == [("dp1", "dp1-alone"), ("tp1", "dp1-alone")]

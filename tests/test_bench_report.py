@@ -27,9 +27,22 @@ def fake_report(speed: float = 1.0) -> dict:
     env = {"command": "localai bench tiny --dp 2", "torch": "x", "gpus": []}
     workload = {"source": "random", "num_requests": 2, "input_len": 8, "output_len": 4, "seed": 0}
     settings = {"dp": 2, "tp": 1, "repeats": 1}
-    result = {"runs": [run], "scaling": {"run": "dp2", "baseline": "dp1-alone", "processes": 2, "metric": "m",
-                                         "speedup": 1.9, "efficiency": 0.95}}
+    result = {"runs": [run], "scaling": [{"run": "dp2", "baseline": "dp1-alone", "processes": 2, "metric": "m",
+                                          "speedup": 1.9, "efficiency": 0.95}]}
     return build_report(env, {"name": "tiny"}, workload, settings, result)
+
+
+def compared_report() -> dict:
+    """dp2 and tp2 side by side, each with its own baseline and scaling entry."""
+    report = fake_report()
+    dp, dp_alone = report["runs"][0], {**report["runs"][0], "name": "dp1-alone", "replicas": []}
+    tp, tp_alone = {**dp, "name": "tp2", "mode": "tp"}, {**dp_alone, "name": "tp1-alone", "mode": "tp"}
+    report["runs"] = [dp, tp, dp_alone, tp_alone]
+    report["scaling"] = [{"run": "dp2", "baseline": "dp1-alone", "processes": 2, "metric": "m", "speedup": 1.9,
+                          "efficiency": 0.95},
+                         {"run": "tp2", "baseline": "tp1-alone", "processes": 2, "metric": "m", "speedup": 1.2,
+                          "efficiency": 0.6}]
+    return report
 
 
 def test_json_report_schema():
@@ -55,7 +68,18 @@ def test_table_md_csv_jsonl_render_the_same_rows():
     lines = [json.loads(line) for line in render(report, "jsonl").splitlines()]
     assert [line["kind"] for line in lines] == ["run", "scaling"]
     assert lines[0]["run"]["name"] == "dp2" and all("environment" in line for line in lines)
-    assert lines[1]["scaling"] == report["scaling"]
+    assert lines[1]["scaling"] == report["scaling"][0]
+
+
+def test_every_format_shows_the_scaling_of_each_compared_run():
+    report = compared_report()
+    for fmt in ("table", "md"):
+        text = render(report, fmt)
+        assert "scaling: dp2 is 1.90x dp1-alone (95% of 2x)" in text
+        assert "scaling: tp2 is 1.20x tp1-alone (60% of 2x)" in text
+    assert json.loads(render(report, "json"))["scaling"] == report["scaling"]
+    lines = [json.loads(line) for line in render(report, "jsonl").splitlines()]
+    assert [line["scaling"] for line in lines if line["kind"] == "scaling"] == report["scaling"]
 
 
 def test_jsonl_carries_the_comparison():

@@ -17,7 +17,7 @@ from pathlib import Path
 from localai.bench.metrics import UNITS
 from localai.errors import LocalaiError
 
-SCHEMA = "localai.bench/1"
+SCHEMA = "localai.bench/2"  # /2: "scaling" is a list, one entry per parallel run (/1: one entry, a dict)
 FORMATS = ("table", "json", "jsonl", "md", "csv")
 # (column title, metric key, format) shown in table / md / csv
 COLUMNS = [
@@ -125,8 +125,7 @@ def _footer(report: dict) -> list[str]:
     lines.append(f"{work['num_requests']} requests, input {work['input_len']} / output {work['output_len']} tokens, "
                  f"seed {work['seed']}, {report['settings']['repeats']} repeat(s); "
                  "out = output tokens, total = input + output tokens")
-    if "scaling" in report:
-        s = report["scaling"]
+    for s in report.get("scaling", []):
         lines.append(f"scaling: {s['run']} is {s['speedup']:.2f}x {s['baseline']} "
                      f"({s['efficiency'] * 100:.0f}% of {s['processes']}x)")
     if "comparison" in report:
@@ -169,11 +168,13 @@ def render_csv(report: dict) -> str:
 
 def render_jsonl(report: dict) -> str:
     """One self-contained line per run (llama-bench style): environment, workload, metrics; then one line
-    for the scaling and one for the DP/TP comparison when the report has them. `kind` tells the lines apart:
-    "run" lines hold `run`, "scaling" lines `scaling`, "comparison" lines `comparison`."""
+    per scaling entry and one for the DP/TP comparison when the report has them. `kind` tells the lines
+    apart: "run" lines hold `run`, "scaling" lines `scaling` (one entry), "comparison" lines `comparison`."""
     shared = {k: report[k] for k in ("schema", "environment", "model", "workload", "settings")}
     lines = [{**shared, "kind": "run", "run": run} for run in report["runs"]]
-    lines += [{**shared, "kind": kind, kind: report[kind]} for kind in ("scaling", "comparison") if kind in report]
+    lines += [{**shared, "kind": "scaling", "scaling": entry} for entry in report.get("scaling", [])]
+    if "comparison" in report:
+        lines.append({**shared, "kind": "comparison", "comparison": report["comparison"]})
     return "".join(json.dumps(line) + "\n" for line in lines)
 
 

@@ -1,4 +1,4 @@
-"""One `localai bench` invocation: which runs to make (DP, TP, scaling baseline) and their rows."""
+"""One `localai bench` invocation: which runs to make (DP, TP, scaling baselines) and their rows."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ class BenchPlan:
     dp: int = 1
     tp: int = 1
     compare: bool = False  # run DP and TP on the same devices, side by side
-    scaling: bool = False  # also one process alone, for scaling efficiency (see run_alone)
+    scaling: bool = False  # also one process alone per parallel run, for scaling efficiency (see run_alone)
     batch_size: int | None = None  # None: auto
     warmup: int | None = None
     repeats: int = 1
@@ -103,7 +103,8 @@ def tokens_by_request(runs: list[WorkerRun], mode: str) -> dict[int, list[int]]:
 
 
 class RunsInterrupted(KeyboardInterrupt):
-    """Ctrl-C after some runs had finished: `result` holds them ({"runs": [...]})."""
+    """Ctrl-C after some runs had finished: `result` holds them ({"runs": [...]}), and the scaling
+    entries and comparison worked out from them before the interruption."""
 
     def __init__(self, result: dict):
         super().__init__()
@@ -111,21 +112,22 @@ class RunsInterrupted(KeyboardInterrupt):
 
 
 def execute(plan: BenchPlan) -> dict:
-    """Every run the plan asks for; returns {"runs": [...], "scaling": ..., "comparison": ...}.
-    Ctrl-C after a run finished raises RunsInterrupted with the finished runs."""
-    runs: list[dict] = []
+    """Every run the plan asks for; returns {"runs": [...], "comparison": ..., "scaling": [...]}, with
+    one scaling entry per parallel run. Ctrl-C after a run finished raises RunsInterrupted with what
+    had finished."""
+    result: dict = {"runs": []}
     try:
-        return _execute(plan, runs)
+        _execute(plan, result)
     except KeyboardInterrupt:
-        if not runs:
+        if not result["runs"]:
             raise
-        raise RunsInterrupted({"runs": runs}) from None
+        raise RunsInterrupted(result) from None
+    return result
 
 
-def _execute(plan: BenchPlan, runs: list[dict]) -> dict:
-    model, workload, places = plan.facts.path, plan.workload, plan.places
+def _execute(plan: BenchPlan, result: dict) -> None:
+    model, workload, places, runs = plan.facts.path, plan.workload, plan.places, result["runs"]
     everything = list(range(workload.num_requests))
-    result = {}
     tokens = {}
     if plan.wants_dp:
         dp_runs = run_dp(model, workload, places, everything, **plan.worker_options("dp", plan.compare))
@@ -139,14 +141,22 @@ def _execute(plan: BenchPlan, runs: list[dict]) -> dict:
         runs.append(row)
         if plan.compare:
             tokens["tp"] = tokens_by_request(tp_runs, "tp")
-    if plan.scaling:
-        baseline = run_alone(plan, runs[0]["mode"])
-        runs.append(baseline)
-        result["scaling"] = scaling(runs[0], baseline, len(places))
     if plan.compare:
         result["comparison"] = comparison(runs[0], runs[1], tokens["dp"] == tokens["tp"])
-    result["runs"] = runs
-    return result
+    if plan.scaling:
+        baselines: dict[tuple, dict] = {}  # (requests, decode mode) -> the run alone doing that work
+        for parallel in list(runs):  # the baselines are appended after the parallel runs
+            work = (tuple(alone_requests(plan, parallel["mode"])), plan.decode_mode_for(parallel["mode"]))
+            if work not in baselines:
+                baselines[work] = run_alone(plan, parallel["mode"])
+                runs.append(baselines[work])
+            result.setdefault("scaling", []).append(scaling(parallel, baselines[work], len(places)))
+
+
+def alone_requests(plan: BenchPlan, mode: str) -> list[int]:
+    """The requests of the scaling baseline for `mode` (see run_alone)."""
+    everything = list(range(plan.workload.num_requests))
+    return split(len(everything), len(plan.places))[0] if mode == "dp" else everything
 
 
 def run_alone(plan: BenchPlan, mode: str) -> dict:
@@ -154,9 +164,8 @@ def run_alone(plan: BenchPlan, mode: str) -> dict:
     devices), doing what the parallel run's processes do. For DP that is one replica's share of the
     requests, so the speed-up shows what running side by side costs; for TP it is every request, the
     same work the ranks split, so the speed-up shows what sharding gains. Decodes as `mode` does."""
-    everything = list(range(plan.workload.num_requests))
-    requests = split(len(everything), len(plan.places))[0] if mode == "dp" else everything
-    alone = run_dp(plan.facts.path, plan.workload, plan.places[:1], requests, **plan.worker_options(mode, False))
+    alone = run_dp(plan.facts.path, plan.workload, plan.places[:1], alone_requests(plan, mode),
+                   **plan.worker_options(mode, False))
     return run_row(f"{mode}1-alone", mode, alone, plan.places[:1])
 
 
