@@ -44,7 +44,7 @@ def run(
     repeats: int = typer.Option(1, "--repeats", help="Timed repeats; reports mean ± sd."),
     seed: int = typer.Option(0, "--seed", help="Seed of the synthetic prompts."),
     decode_mode: Optional[str] = typer.Option(None, "--decode-mode", help="eager, graphs or compile (CUDA) [default: the engine's choice; eager for --tp]."),
-    fmt: Optional[str] = typer.Option(None, "--format", help="table (default), json, jsonl (one line per run, per scaling entry and for the comparison: see \"kind\"), md or csv (sd_* columns when repeated)."),
+    fmt: Optional[str] = typer.Option(None, "--format", help="table (default), json, jsonl (one line per run, per scaling entry and for the comparison: see \"kind\"), md or csv (sd_* columns when repeated, scaling_* with --scaling)."),
     as_json: bool = typer.Option(False, "--json", help="Same as --format json (another --format is an error)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the report to this file instead of stdout."),
     emit: Optional[str] = typer.Option(None, "--emit", help="vllm: print the equivalent vLLM commands and exit."),

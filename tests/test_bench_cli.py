@@ -1,5 +1,7 @@
 """`localai bench` end to end on CPU with tiny models: DP, TP, scaling, reports, bad input."""
 
+import csv
+import io
 import json
 import os
 import re
@@ -97,6 +99,8 @@ def test_compare_with_scaling_reports_both_modes_in_every_format(tiny_llama, mon
         assert re.search(r"scaling: tp2 is [\d.]+x tp1-alone", text)
     lines = [json.loads(line) for line in report_as("jsonl").splitlines()]
     assert [line["scaling"]["baseline"] for line in lines if line["kind"] == "scaling"] == ["dp1-alone", "tp1-alone"]
+    rows = {row["run"]: row for row in csv.DictReader(io.StringIO(report_as("csv")))}
+    assert rows["dp2"]["scaling_baseline"] == "dp1-alone" and rows["tp2"]["scaling_baseline"] == "tp1-alone"
 
 
 @TWO_CORES

@@ -80,6 +80,10 @@ def test_every_format_shows_the_scaling_of_each_compared_run():
     assert json.loads(render(report, "json"))["scaling"] == report["scaling"]
     lines = [json.loads(line) for line in render(report, "jsonl").splitlines()]
     assert [line["scaling"] for line in lines if line["kind"] == "scaling"] == report["scaling"]
+    rows = {row["run"]: row for row in csv.DictReader(io.StringIO(render(report, "csv")))}
+    assert (rows["dp2"]["scaling_baseline"], float(rows["dp2"]["scaling_speedup"])) == ("dp1-alone", 1.9)
+    assert (rows["tp2"]["scaling_baseline"], float(rows["tp2"]["scaling_efficiency"])) == ("tp1-alone", 0.6)
+    assert rows["dp1-alone"]["scaling_speedup"] == "" and rows["dp2/0"]["scaling_speedup"] == ""
 
 
 def test_jsonl_carries_the_comparison():

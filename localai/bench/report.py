@@ -91,11 +91,14 @@ def build_report(env: dict, model: dict, workload: dict, settings: dict, result:
 
 
 def rows(report: dict) -> list[dict]:
-    """Flat rows: each run, then its replicas (DP) or ranks (TP) as `name/i`."""
+    """Flat rows: each run (with its scaling figures, if any), then its replicas (DP) or ranks (TP) as `name/i`."""
+    scaled = {entry["run"]: {"scaling_baseline": entry["baseline"], "scaling_speedup": entry["speedup"],
+                             "scaling_efficiency": entry["efficiency"]} for entry in report.get("scaling", [])}
     out = []
     for run in report["runs"]:
         sd = {f"sd_{key}": value for key, value in run["metrics_sd"].items()} if len(run["repeats"]) > 1 else {}
-        out.append({"run": run["name"], "placement": ", ".join(run["placements"]), **run["metrics"], **sd})
+        out.append({"run": run["name"], "placement": ", ".join(run["placements"]), **run["metrics"], **sd,
+                    **scaled.get(run["name"], {})})
         if len(run["replicas"]) > 1:
             for replica in run["replicas"]:
                 out.append({"run": f"  {run['name']}/{replica['replica']}", "placement": replica["placement"],
@@ -152,12 +155,14 @@ def render_md(report: dict) -> str:
 # metrics the CSV carries beyond the table's columns
 CSV_EXTRA = ["median_ttft_ms", "p90_ttft_ms", "median_tpot_ms", "p99_tpot_ms", "mean_itl_ms", "p99_e2el_ms",
              "duration_s"]
+SCALING_COLUMNS = ["scaling_baseline", "scaling_speedup", "scaling_efficiency"]
 
 
 def render_csv(report: dict) -> str:
-    """The rows with every column, then `sd_<metric>` for each (empty unless the run was repeated)."""
+    """The rows with every column, then `sd_<metric>` for each (empty unless the run was repeated), then
+    the scaling baseline, speed-up and efficiency of each parallel run measured against one."""
     metrics = list(dict.fromkeys([key for _, key, _ in COLUMNS] + CSV_EXTRA))
-    keys = ["run", "placement"] + metrics + [f"sd_{key}" for key in metrics]
+    keys = ["run", "placement"] + metrics + [f"sd_{key}" for key in metrics] + SCALING_COLUMNS
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=keys, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
