@@ -82,7 +82,8 @@ def compare_reports(
     """Compare two bench reports and flag changes beyond the threshold.
 
     Exit code 0 when nothing got worse, 3 when some metric of B is worse than A's beyond the
-    threshold (a regression, for CI), 1 or 2 on errors.
+    threshold (a regression, for CI), 1 or 2 on errors. Reports of an older schema
+    (localai.bench/1) are read too, with a note.
     """
     import json
 

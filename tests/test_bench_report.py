@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from localai.bench.compare import compare, parse_threshold, render_comparison
 from localai.bench.metrics import RequestTrace, summarize
-from localai.bench.report import SCHEMA, build_report, load_report, render, write_atomic
+from localai.bench.report import OLDER_SCHEMA, SCHEMA, build_report, load_report, render, write_atomic
 from localai.bench.vllm import emit
 from localai.cli import app
 from localai.errors import LocalaiError, UsageError
@@ -93,6 +93,20 @@ def test_jsonl_carries_the_comparison():
     lines = [json.loads(line) for line in render(report, "jsonl").splitlines()]
     assert [line["kind"] for line in lines] == ["run", "scaling", "comparison"]
     assert lines[2]["comparison"] == report["comparison"]
+
+
+def test_bench_compare_reads_an_older_report_and_says_so(tmp_path):
+    """localai.bench/1 held one scaling entry as a dict; it is read as a list of one, with a note."""
+    old, new = tmp_path / "old.json", tmp_path / "new.json"
+    older = fake_report()
+    older.update(schema=OLDER_SCHEMA, scaling=older["scaling"][0])
+    old.write_text(json.dumps(older))
+    new.write_text(render(fake_report(), "json"))
+    assert load_report(old)["scaling"] == fake_report()["scaling"]
+    result = runner.invoke(app, ["bench", "compare", str(old), str(new)])
+    assert result.exit_code == 0, result.stderr
+    assert "note: A is an older report (localai.bench/1" in result.stdout and "note: B" not in result.stdout
+    assert "dp2" in result.stdout and "0 change(s)" in result.stdout
 
 
 def test_repeated_runs_show_mean_and_sd():
@@ -227,6 +241,7 @@ def _edited(edit) -> str:
 
 @pytest.mark.parametrize("content, message", [
     (None, "not found"), ("{oops", "is not JSON"), ('{"runs": []}', "not a localai bench report"),
+    (_edited(lambda r: r.update(schema="localai.bench/9")), "not a localai bench report"),
     (_edited(lambda r: r.pop("environment")), "not a localai bench report"),
     (_edited(lambda r: r["runs"][0].pop("name")), "not a localai bench report"),
     (_edited(lambda r: r["runs"].append("x")), "not a localai bench report"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from localai.bench.report import SCHEMA
 from localai.errors import LocalaiError, UsageError
 
 REGRESSION_EXIT = 3  # `bench compare` exit code when B is worse than A on some metric (1 and 2 are errors)
@@ -47,9 +48,10 @@ def compare(a: dict, b: dict, threshold: float) -> dict:
             rows.append(_row(run_a, run_b, metric, higher_is_better, threshold))
     rows = [row for row in rows if row is not None]
     different = differences(a, b)
+    older = {label: report["schema"] for label, report in (("A", a), ("B", b)) if report["schema"] != SCHEMA}
     return {"a": a["environment"].get("command"), "b": b["environment"].get("command"), "threshold": threshold,
-            "workload_differs": "workload" in different, "differences": different, "rows": rows,
-            "flagged": sum(row["verdict"] != "same" for row in rows),
+            "workload_differs": "workload" in different, "differences": different, "older_schema": older,
+            "rows": rows, "flagged": sum(row["verdict"] != "same" for row in rows),
             "regressions": sum(row["verdict"] == "worse" for row in rows)}
 
 
@@ -86,7 +88,8 @@ def _row(run_a: dict, run_b: dict, metric: str, higher_is_better: bool, threshol
 
 
 def render_comparison(result: dict) -> str:
-    lines = []
+    lines = [f"note: {label} is an older report ({schema}, with one scaling entry, read as a list of one); "
+             "its runs compare as usual" for label, schema in result["older_schema"].items()]
     if result["differences"]:
         lines.append(f"note: the two reports differ in {', '.join(result['differences'])}: not a like-for-like comparison")
     header = ("run", "metric", "A", "B", "change", "")

@@ -18,6 +18,7 @@ from localai.bench.metrics import UNITS
 from localai.errors import LocalaiError
 
 SCHEMA = "localai.bench/2"  # /2: "scaling" is a list, one entry per parallel run (/1: one entry, a dict)
+OLDER_SCHEMA = "localai.bench/1"
 FORMATS = ("table", "json", "jsonl", "md", "csv")
 # (column title, metric key, format) shown in table / md / csv
 COLUMNS = [
@@ -235,7 +236,9 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def load_report(path: Path) -> dict:
-    """A bench report written with --format json, checked for the fields `compare` needs."""
+    """A bench report written with --format json, checked for the fields `compare` needs. An older
+    report (OLDER_SCHEMA) is read with its one scaling entry as a list of one; its "schema" still
+    says what the file is."""
     path = Path(path)
     if not path.is_file():
         raise LocalaiError(f"report {path} not found", "pass a file written by `localai bench --format json`")
@@ -245,12 +248,14 @@ def load_report(path: Path) -> dict:
         raise LocalaiError(f"{path} is not JSON ({exc})", "pass a file written by `localai bench --format json`") from None
     if not _has_report_shape(report):
         raise LocalaiError(f"{path} is not a localai bench report", "pass a file written by `localai bench --format json`")
+    if report["schema"] == OLDER_SCHEMA and "scaling" in report:
+        report["scaling"] = [report["scaling"]]
     return report
 
 
 def _has_report_shape(report) -> bool:
     """The fields `compare` reads, with their types: a hand-edited file fails here, in one line."""
-    if not isinstance(report, dict) or report.get("schema") != SCHEMA:
+    if not isinstance(report, dict) or report.get("schema") not in (SCHEMA, OLDER_SCHEMA):
         return False
     if not all(isinstance(report.get(key), dict) for key in ("environment", "workload")):
         return False
