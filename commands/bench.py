@@ -22,6 +22,8 @@ class _RunByDefault(TyperGroup):
         return super().parse_args(ctx, args)
 
 
+REPORT_NAME = "report.json"  # the file name in hints about --output
+
 app = typer.Typer(
     cls=_RunByDefault, no_args_is_help=True, rich_markup_mode=None,
     help="Benchmark throughput and latency: data vs tensor parallel, reports, compare, vLLM hand-off.",
@@ -58,9 +60,9 @@ def run(
         num_requests=num_requests, prompts=prompts, batch_size=batch_size, warmup=warmup, repeats=repeats,
         seed=seed, decode_mode=decode_mode, fmt=output_format(fmt, as_json), emit=emit)
     if output is not None:  # before the benchmark runs, not after
-        from localai.bench.report import check_output_path
+        from localai.outfile import check_output_path
 
-        check_output_path(output)
+        check_output_path(output, "--output", REPORT_NAME)
     prepared = prepare(options)
     if options.emit:
         _deliver(vllm_commands(prepared), output)
@@ -99,11 +101,11 @@ def compare_reports(
 
 
 def _deliver(text: str, output: Optional[Path]) -> None:
-    from localai.bench.report import write_atomic
     from localai.console import info, out
+    from localai.outfile import write_text
 
     if output is None:
         out(text, end="")
         return
-    write_atomic(output, text)
+    write_text(output, text, "--output", REPORT_NAME)
     info(f"wrote {output}")

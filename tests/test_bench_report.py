@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from localai.bench.compare import compare, parse_threshold, render_comparison
 from localai.bench.metrics import RequestTrace, summarize
-from localai.bench.report import OLDER_SCHEMA, SCHEMA, build_report, load_report, render, write_atomic
+from localai.bench.report import OLDER_SCHEMA, SCHEMA, build_report, load_report, render
 from localai.bench.vllm import emit
 from localai.cli import app
 from localai.errors import LocalaiError, UsageError
@@ -177,41 +177,6 @@ def test_compare_needs_a_common_run():
     other["runs"][0]["name"] = "tp2"
     with pytest.raises(LocalaiError, match="share no run"):
         compare(fake_report(), other, 0.05)
-
-
-def test_write_atomic_leaves_only_the_finished_file(tmp_path):
-    target = tmp_path / "r.json"
-    write_atomic(target, "{}\n")
-    assert target.read_text() == "{}\n" and [p.name for p in tmp_path.iterdir()] == ["r.json"]
-    with pytest.raises(LocalaiError, match="does not exist"):
-        write_atomic(tmp_path / "missing" / "r.json", "{}")
-    (tmp_path / "adir").mkdir()
-    with pytest.raises(LocalaiError, match="is a folder"):
-        write_atomic(tmp_path / "adir", "{}")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["adir", "r.json"]  # no temporary file left
-
-
-def test_write_atomic_writes_into_a_pipe_and_through_a_link(tmp_path):
-    """-o /dev/stdout or a named pipe is written in place: renaming over it replaced the pipe (or, as
-    root, /dev/null itself) with a plain file. A link keeps pointing at the report it names."""
-    import os
-    import threading
-
-    fifo = tmp_path / "pipe"
-    os.mkfifo(fifo)
-    received = []
-    reader = threading.Thread(target=lambda: received.append(fifo.read_text()), daemon=True)
-    reader.start()
-    write_atomic(fifo, "{}\n")
-    reader.join(timeout=10)
-    assert received == ["{}\n"] and fifo.is_fifo()
-    target, link = tmp_path / "reports" / "latest-1.json", tmp_path / "latest.json"
-    target.parent.mkdir()
-    target.write_text("old")
-    link.symlink_to(target)
-    write_atomic(link, "new\n")
-    assert link.is_symlink() and target.read_text() == "new\n"
-    assert sorted(p.name for p in target.parent.iterdir()) == ["latest-1.json"]
 
 
 def test_an_unusable_output_is_refused_before_the_benchmark_runs(tmp_path):

@@ -8,7 +8,6 @@ import json
 import os
 import platform
 import shlex
-import stat
 import subprocess
 import sys
 import time
@@ -190,49 +189,6 @@ def render(report: dict, fmt: str) -> str:
     if fmt == "json":
         return json.dumps(report, indent=2) + "\n"
     return {"table": render_table, "md": render_md, "csv": render_csv, "jsonl": render_jsonl}[fmt](report)
-
-
-def _is_stream(path: Path) -> bool:
-    """A pipe, terminal or device such as /dev/null or /dev/stdout: written in place, never renamed over."""
-    try:
-        mode = path.stat().st_mode
-    except OSError:
-        return False
-    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
-
-
-def check_output_path(path: Path) -> Path:
-    """An --output the report can be written to, checked before any work is done; a link stands for
-    the file it points to."""
-    path = Path(path)
-    if _is_stream(path):
-        if not os.access(path, os.W_OK):
-            raise LocalaiError(f"cannot write to {path}", "choose another --output")
-        return path
-    path = Path(os.path.realpath(path))
-    if not path.parent.is_dir():
-        raise LocalaiError(f"folder {path.parent} does not exist", "create it or choose another --output")
-    if path.is_dir():
-        raise LocalaiError(f"{path} is a folder", "give a file name to --output")
-    if not os.access(path.parent, os.W_OK):
-        raise LocalaiError(f"cannot write into {path.parent}", "choose another --output")
-    return path
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write to a temporary name in the same folder, then rename: never half a file, and no
-    temporary file left behind. A pipe or device (/dev/stdout, /dev/null) is written directly."""
-    path = check_output_path(path)
-    if _is_stream(path):
-        with open(path, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        return
-    temp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        temp.write_text(text, encoding="utf-8")
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
 
 
 def load_report(path: Path) -> dict:
