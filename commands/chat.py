@@ -23,7 +23,7 @@ def main(
     speak: bool = typer.Option(False, "--speak", help="Speak the answers aloud, sentence by sentence (see `speak`)."),
     voice: Optional[str] = typer.Option(None, "--voice", help="With --speak: the voice (see speak --list-voices)."),
     speak_out: Optional[str] = typer.Option(None, "--speak-out", help="With --speak: write the speech to this WAV "
-                                            "file instead of playing it."),
+                                            "file (or named pipe) instead of playing it."),
 ) -> None:
     """Chat with a model: streamed answers, history, /commands; piped stdin is answered once."""
     from pathlib import Path
@@ -41,9 +41,13 @@ def main(
     if voice and not (speak or speak_out):
         raise UsageError("--voice applies to spoken answers", "add --speak (or --speak-out FILE.wav)")
     if speak_out:  # before the model loads, not after
-        from localai.tts.player import check_out_path
+        from localai.outfile import STDOUT, check_output_path
+        from localai.tts.wavfile import WAV_NAME_EXAMPLE
 
-        check_out_path(Path(speak_out))
+        if speak_out == STDOUT:  # stdout carries the answers
+            raise UsageError("--speak-out - would mix into the answers on stdout",
+                             f"name a file, e.g. --speak-out {WAV_NAME_EXAMPLE}")
+        check_output_path(speak_out, "--speak-out", WAV_NAME_EXAMPLE)
     interactive = sys.stdin.isatty()
     piped = None if interactive else utf8_text("".join(stdin_lines(sys.stdin)).strip(), "<stdin>")
     if piped == "":

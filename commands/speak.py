@@ -13,7 +13,7 @@ def main(
     voice: Optional[str] = typer.Option(None, "--voice", help="Voice name (see --list-voices)."),
     lang: Optional[str] = typer.Option(None, "--lang", help="Language code (en, fr, de, ...) to pick a voice."),
     tts: str = typer.Option("auto", "--tts", help="auto, voxtral or fallback."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Write the speech to this WAV file."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write the speech to this WAV file; - for stdout (a pipe gets the WAV as it is spoken)."),
     play: bool = typer.Option(False, "--play", help="With --out: play the speech as well."),
     list_voices: bool = typer.Option(False, "--list-voices", help="List the engine's voices and exit."),
     quantize: bool = typer.Option(False, "--quantize", help="Voxtral: 4-bit TurboQuant backbone and acoustic head (a folder from `localai quantize` already is)."),
@@ -25,13 +25,19 @@ def main(
 
     from localai.console import info, out as print_data, out_json, warn
     from localai.errors import LocalaiError, UsageError
+    from localai.outfile import STDOUT, check_output_path
     from localai.tts.engines import select_engine
     from localai.tts.player import open_output
     from localai.tts.session import SpeechSession
     from localai.tts.textin import text_chunks
+    from localai.tts.wavfile import WAV_NAME_EXAMPLE
 
     if not text and not list_voices and sys.stdin.isatty():
         raise UsageError("no text to speak", "give TEXT or pipe text into stdin, e.g. `echo Hello | localai speak`")
+    if out is not None and not list_voices:  # before the engine loads, not after
+        if str(out) == STDOUT and json_output:
+            raise UsageError("--json and --out - both write to stdout", "write the WAV to a file, or drop --json")
+        check_output_path(out, "--out", WAV_NAME_EXAMPLE)
     engine = select_engine(tts, model=tts_model, quantize=quantize)
     if list_voices:
         if json_output:

@@ -1,10 +1,14 @@
 """`localai speak` end to end: stdin, files, voices, engines, failures (no sound card needed)."""
 
+import io
 import json
+import os
+import struct
 import sys
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 import soundfile
 from fake_audio import FakeSpeaker, rms
@@ -13,6 +17,7 @@ from typer.testing import CliRunner
 from localai.cli import app
 from localai.tts import player
 from localai.tts.fallback import PicoEngine
+from localai.tts.wavfile import UNKNOWN_SIZE, WavWriter
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
@@ -39,6 +44,78 @@ def test_speak_json_reports_per_sentence_timings(tmp_path, localai_home):
     assert report["audio_s"] == pytest.approx(sum(s["audio_s"] for s in report["sentences"]), abs=1e-2)
 
 
+TONE = (0.5 * np.sin(np.arange(4000) / 3)).astype(np.float32)  # 0.25 s
+
+
+class ToneEngine(PicoEngine):
+    """The fallback engine's voices speaking a known tone, in two chunks a sentence (PicoTTS's own
+    output can differ with what it spoke before in the same process)."""
+
+    def stream(self, text, voice, should_stop=None):
+        yield TONE[:1500]
+        yield TONE[1500:]
+
+
+@pytest.fixture
+def tone_engine(monkeypatch):
+    from localai.tts import engines
+
+    monkeypatch.setattr(engines, "select_engine", lambda *a, **k: ToneEngine())
+
+
+def assert_is_the_tone(audio: np.ndarray) -> None:
+    assert len(audio) == len(TONE) and np.abs(audio - TONE).max() < 1 / 16000
+
+
+def test_speak_streams_a_wav_into_a_named_pipe(tmp_path, localai_home, tone_engine):
+    fifo = tmp_path / "speech.wav"
+    os.mkfifo(fifo)
+    received = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    result = runner.invoke(app, ["speak", "--out", str(fifo), "Hello there."])
+    reader.join(timeout=30)
+    assert result.exit_code == 0, result.stderr
+    assert fifo.is_fifo() and list(tmp_path.iterdir()) == [fifo]  # written in place, nothing renamed over it
+    data = received[0]
+    riff_size, data_size = struct.unpack("<I", data[4:8])[0], struct.unpack("<I", data[40:44])[0]
+    assert data[:4] == b"RIFF" and riff_size == data_size == UNKNOWN_SIZE  # the streaming form: length unknown
+    audio, rate = soundfile.read(io.BytesIO(data), dtype="float32")  # libsndfile takes the length from the bytes
+    assert rate == 16000 and len(data) == 44 + 2 * len(TONE)
+    assert_is_the_tone(audio)
+
+
+def test_speak_out_dash_writes_only_the_wav_to_stdout(speaker, localai_home, tone_engine):
+    result = runner.invoke(app, ["speak", "--out", "-", "--play", "Hello there."])
+    assert result.exit_code == 0, result.stderr
+    audio, rate = soundfile.read(io.BytesIO(result.stdout_bytes), dtype="float32")  # nothing but the WAV
+    assert rate == 16000 and len(result.stdout_bytes) == 44 + 2 * len(TONE)
+    assert_is_the_tone(audio)
+    assert len(speaker.audio) == len(TONE) and "spoke 1 sentence(s)" in result.stderr
+    both = runner.invoke(app, ["speak", "--out", "-", "--json", "Hello there."])
+    assert both.exit_code == 2 and "--json and --out - both write to stdout" in both.stderr
+    assert both.stdout_bytes == b""
+
+
+def test_speak_through_a_link_writes_its_target(tmp_path, localai_home, tone_engine):
+    target, link = tmp_path / "takes" / "take-1.wav", tmp_path / "latest.wav"
+    target.parent.mkdir()
+    target.write_bytes(b"old")
+    link.symlink_to(target)
+    result = runner.invoke(app, ["speak", "--out", str(link), "Hello there."])
+    assert result.exit_code == 0, result.stderr
+    assert link.is_symlink()
+    assert_is_the_tone(soundfile.read(target, dtype="float32")[0])
+    assert [p.name for p in target.parent.iterdir()] == ["take-1.wav"]
+
+
+def test_speak_checks_out_before_loading_the_engine(tmp_path, localai_home):
+    missing = tmp_path / "missing" / "a.wav"
+    result = runner.invoke(app, ["speak", "--tts", "voxtral", "--out", str(missing), "Hi."])  # no weights either
+    assert result.exit_code == 1 and f"the folder {missing.parent} does not exist" in result.stderr
+    assert "Voxtral" not in result.stderr
+
+
 def test_speak_plays_through_the_speaker(speaker, localai_home):
     result = runner.invoke(app, ["speak", "--lang", "de", "Guten Tag."])
     assert result.exit_code == 0, result.stderr
@@ -57,7 +134,7 @@ def test_speak_fails_when_the_wav_cannot_be_written_to_the_end(tmp_path, localai
     def disk_full(self, chunk):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(player.WavWriter, "write", disk_full)
+    monkeypatch.setattr(WavWriter, "write", disk_full)
     result = runner.invoke(app, ["speak", "--out", str(tmp_path / "full.wav"), "Hello there."])
     assert result.exit_code == 1 and "No space left on device" in result.stderr
     assert list(tmp_path.iterdir()) == []  # neither the file nor its temporary

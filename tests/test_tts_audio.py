@@ -277,3 +277,45 @@ def test_a_device_that_refuses_the_engines_rate_plays_resampled_audio(monkeypatc
     output.close()
     assert abs(len(speaker.audio) - 48000) <= 3 and rms(speaker.audio) > 0.5
     assert soundfile.info(tmp_path / "a.wav").samplerate == 16000  # the file keeps the engine's rate
+
+
+def test_a_wav_to_a_pipe_on_stdout_is_streamed_with_the_samples_a_file_gets(tmp_path, monkeypatch):
+    """`localai speak --out - | aplay`: stdout cannot seek back to fill in the header, so the header
+    says "length unknown" and the samples follow as they come: what a file gets, to the rounding."""
+    import io
+    import os
+
+    from localai.tts.wavfile import UNKNOWN_SIZE, WavWriter
+
+    tone = (0.9 * np.sin(np.arange(4000) / 5)).astype(np.float32)
+    tone[:3] = [1.5, -1.5, 0.0]  # clipped alike
+    in_file = WavWriter(tmp_path / "a.wav", 16000)
+    in_file.write(tone)
+    in_file.close()
+    read_end, write_end = os.pipe()
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(open(write_end, "wb")))
+    received = []
+    reader = threading.Thread(target=lambda: received.append(open(read_end, "rb").read()), daemon=True)
+    reader.start()
+    to_stdout = WavWriter("-", 16000)
+    for piece in np.array_split(tone, 3):
+        to_stdout.write(piece)
+    to_stdout.close()
+    sys.stdout.buffer.close()  # the end of the process, for the reader
+    reader.join(timeout=10)
+    data = received[0]
+    assert data[4:8] == data[40:44] == UNKNOWN_SIZE.to_bytes(4, "little")
+    streamed, rate = soundfile.read(io.BytesIO(data), dtype="int16")  # libsndfile reads the unknown length
+    written, _ = soundfile.read(tmp_path / "a.wav", dtype="int16")
+    assert rate == 16000 and len(streamed) == len(tone) and streamed[1] == -32768
+    assert np.abs(streamed.astype(int) - written).max() <= 1
+
+
+def test_a_wav_appended_to_is_streamed_not_patched(tmp_path):
+    """`--out - >> a.wav` appends: a header rewritten at offset 0 would land at the end instead."""
+    from localai.tts.wavfile import can_seek_back
+
+    with open(tmp_path / "a.wav", "ab") as appending, open(tmp_path / "b.wav", "wb") as fresh:
+        assert not can_seek_back(appending) and can_seek_back(fresh)
+        fresh.write(b"x")
+        assert not can_seek_back(fresh)  # not at its start: the header would overwrite what came before

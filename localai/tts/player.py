@@ -14,7 +14,6 @@ and the WAV file, if any, keeps being written. Nothing raises on the thread that
 from __future__ import annotations
 
 import contextlib
-import os
 import queue
 import threading
 from pathlib import Path
@@ -24,6 +23,7 @@ import numpy as np
 from localai.console import warn
 from localai.errors import LocalaiError, first_line
 from localai.tts.resample import Resampler
+from localai.tts.wavfile import WavWriter
 
 _END = None
 MAX_QUEUED_S = 30.0  # audio waiting for the speaker; a writer further ahead waits (a long text is not
@@ -64,66 +64,18 @@ def _started_stream(sounddevice, rate: int):
     return stream
 
 
-def check_out_path(path: Path) -> Path:
-    """The WAV path, refused early when it cannot be a file: a folder, or a folder that does not exist."""
-    path = Path(path)
-    if path.is_dir():
-        raise LocalaiError(f"cannot write {path}: it is a folder", f"name a file, e.g. {path / 'speech.wav'}")
-    if not path.parent.is_dir():
-        raise LocalaiError(f"cannot write {path}: the folder {path.parent} does not exist",
-                           "create it first or name another file")
-    return path
-
-
-class WavWriter:
-    """16-bit PCM WAV written under a temporary name and renamed when closed (always a valid file)."""
-
-    def __init__(self, path: Path, sample_rate: int):
-        import soundfile
-
-        self.path = check_out_path(path)
-        self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        try:
-            self.handle = open(self.tmp, "wb")  # opened here so that the reason for a failure is the OS's
-        except OSError as exc:
-            raise LocalaiError(f"cannot write {self.path}: {exc.strerror or exc}",
-                               "check that the folder exists and is writable") from None
-        self.file = soundfile.SoundFile(self.handle, "w", samplerate=sample_rate, channels=1,
-                                        subtype="PCM_16", format="WAV")
-        self.samples = 0
-
-    def write(self, chunk: np.ndarray) -> None:
-        self.file.write(np.clip(chunk, -1.0, 1.0))
-        self.samples += len(chunk)
-
-    def close(self) -> None:
-        try:
-            self.file.close()
-            self.handle.close()
-            os.replace(self.tmp, self.path)
-        except OSError as exc:
-            self.tmp.unlink(missing_ok=True)
-            raise LocalaiError(f"cannot write {self.path}: {exc.strerror or exc}",
-                               "check that the folder is writable and has space") from None
-
-    def discard(self) -> None:
-        try:
-            self.file.close()
-            self.handle.close()
-        finally:
-            self.tmp.unlink(missing_ok=True)
-
-
 class AudioOutput:
     def __init__(self, sample_rate: int, speaker=None, out_path: Path | None = None,
-                 max_queued_s: float = MAX_QUEUED_S):
-        """`speaker`: a started output stream (write/start/stop/abort/close), or None for no playback."""
+                 max_queued_s: float = MAX_QUEUED_S, out_flag: str = "--out"):
+        """`speaker`: a started output stream (write/start/stop/abort/close), or None for no playback.
+        `out_path`: a WAV file, or `-` for stdout; `out_flag` names the option it came from in errors."""
         self.sample_rate = sample_rate
         self.max_queued = int(max_queued_s * sample_rate)
         self._queued = 0  # samples written and not yet taken by the player thread
         self._room = threading.Condition()
-        self.wav = WavWriter(out_path, sample_rate) if out_path else None
+        self.wav = WavWriter(out_path, sample_rate, out_flag) if out_path else None
         self._out_path = out_path
+        self.out_flag = out_flag
         self.speaker = speaker
         speaker_rate = int(getattr(speaker, "samplerate", sample_rate) or sample_rate)
         self.speaker_rate = speaker_rate
@@ -182,7 +134,7 @@ class AudioOutput:
         if wav is not None:
             wav.close()
 
-    def raise_if_lost(self, out_flag: str = "--out") -> None:
+    def raise_if_lost(self) -> None:
         """After close(): an error if the WAV file could not be written, or if playback failed
         and there was no file (the speech went nowhere)."""
         if "wav" in self.failures:
@@ -190,7 +142,7 @@ class AudioOutput:
                                "check the free space and that the folder is writable")
         if "speaker" in self.failures and self._out_path is None:
             raise LocalaiError(f"audio playback failed: {self.failures['speaker']}",
-                               f"use {out_flag} FILE.wav to save the audio instead")
+                               f"use {self.out_flag} FILE.wav to save the audio instead")
 
     def _run(self) -> None:
         while True:
@@ -261,7 +213,7 @@ def open_output(sample_rate: int, play: bool = True, out_path: Path | None = Non
     if speaker is None and out_path is None:
         return None
     try:
-        return AudioOutput(sample_rate, speaker=speaker, out_path=out_path)
+        return AudioOutput(sample_rate, speaker=speaker, out_path=out_path, out_flag=out_flag)
     except LocalaiError:
         if speaker is not None:
             speaker.close()
