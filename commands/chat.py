@@ -40,14 +40,7 @@ def main(
     check_dtype_name(dtype, UsageError)
     if voice and not (speak or speak_out):
         raise UsageError("--voice applies to spoken answers", "add --speak (or --speak-out FILE.wav)")
-    if speak_out:  # before the model loads, not after
-        from localai.outfile import STDOUT, check_output_path
-        from localai.tts.wavfile import WAV_NAME_EXAMPLE
-
-        if speak_out == STDOUT:  # stdout carries the answers
-            raise UsageError("--speak-out - would mix into the answers on stdout",
-                             f"name a file, e.g. --speak-out {WAV_NAME_EXAMPLE}")
-        check_output_path(speak_out, "--speak-out", WAV_NAME_EXAMPLE)
+    _check_output_files(history, speak_out)
     interactive = sys.stdin.isatty()
     piped = None if interactive else utf8_text("".join(stdin_lines(sys.stdin)).strip(), "<stdin>")
     if piped == "":
@@ -94,6 +87,21 @@ def main(
     finally:
         if speech is not None:
             speech.close()  # waits for the last sentence, finishes the WAV
+
+
+def _check_output_files(history: Optional[str], speak_out: Optional[str]) -> None:
+    """--history and --speak-out, refused before the model loads, not after; stdout carries the answers."""
+    from localai.engine.conversation import CHAT_NAME_EXAMPLE
+    from localai.errors import UsageError
+    from localai.outfile import STDOUT, check_output_path
+    from localai.tts.wavfile import WAV_NAME_EXAMPLE
+
+    outputs = (("--history", history, CHAT_NAME_EXAMPLE), ("--speak-out", speak_out, WAV_NAME_EXAMPLE))
+    for flag, path, example in outputs:
+        if path == STDOUT:
+            raise UsageError(f"{flag} - would mix into the answers on stdout", f"name a file, e.g. {flag} {example}")
+        if path:
+            check_output_path(path, flag, example)
 
 
 def _check_room(max_new_tokens: int, context: int) -> None:

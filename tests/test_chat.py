@@ -237,7 +237,7 @@ def test_a_file_that_cannot_be_written_is_an_error_and_the_session_goes_on(engin
     blocker.write_text("")
     lines = iter([f"/save {tmp_path}", f"/save {blocker / 'chat.json'}", "/system still here", "/exit"])
     repl.run(lambda prompt: next(lines))
-    errors = [n for n in notices if n.startswith("error: cannot save the conversation to")]
+    errors = [n for n in notices if n.startswith("error: cannot write")]
     assert len(errors) == 2 and "(system message set)" in notices
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # no temporary file left behind
 
@@ -295,3 +295,15 @@ def test_an_unknown_dtype_is_a_usage_error_before_loading(tmp_path, localai_home
     result = runner.invoke(app, ["chat", str(tmp_path / "absent"), "--dtype", "int3"], input="Hi\n")
     assert result.exit_code == 2 and "unknown dtype 'int3'" in result.stderr
 
+
+
+def test_output_files_are_checked_before_loading(tmp_path, localai_home):
+    absent = str(tmp_path / "absent")  # loading it would fail: these errors must come first
+    missing = tmp_path / "missing" / "talk.json"
+    result = runner.invoke(app, ["chat", absent, "--history", str(missing)], input="Hi\n")
+    assert result.exit_code == 1
+    assert f"cannot write {missing}: the folder {missing.parent} does not exist" in result.stderr
+    for flag in ("--history", "--speak-out"):  # stdout carries the answers
+        result = runner.invoke(app, ["chat", absent, flag, "-"], input="Hi\n")
+        assert result.exit_code == 2 and f"{flag} - would mix into the answers on stdout" in result.stderr
+    assert not missing.parent.exists()

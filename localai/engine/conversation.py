@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from localai.engine.prompts import check_messages, render_chat
 from localai.errors import LocalaiError
+from localai.outfile import write_text
+
+
+CHAT_NAME_EXAMPLE = "chat.json"  # the file name in hints about where a conversation is saved
 
 
 @dataclass
@@ -51,19 +53,10 @@ class Conversation:
     def to_json(self) -> dict:
         return {"system": self.system, "messages": self.messages}
 
-    def save(self, path: str | Path) -> None:
-        """Write the conversation as JSON, atomically (temporary name in the same folder, then rename)."""
-        path = Path(path).expanduser()
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            temporary.write_text(json.dumps(self.to_json(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-            os.replace(temporary, path)
-        except OSError as exc:  # one line, and in the REPL the session goes on
-            with contextlib.suppress(OSError):
-                temporary.unlink(missing_ok=True)
-            raise LocalaiError(f"cannot save the conversation to {path} ({exc.strerror or exc})",
-                               "choose a file in a folder you can write to") from exc
+    def save(self, path: str | Path, flag: str = "/save") -> None:
+        """Write the conversation as JSON, complete or not at all (localai.outfile); a failure is one
+        LocalaiError, so the REPL goes on. `flag` names where the path came from, for the hint."""
+        write_text(path, json.dumps(self.to_json(), indent=2, ensure_ascii=False) + "\n", flag, CHAT_NAME_EXAMPLE)
 
     @classmethod
     def load(cls, path: str | Path) -> "Conversation":

@@ -89,7 +89,7 @@ class ChatRepl:
 
     def _autosave(self) -> None:
         if self.history_file is not None:
-            self.conversation.save(self.history_file)
+            self.conversation.save(self.history_file, "--history")
 
     # --- commands ----------------------------------------------------------------------
     def command(self, line: str) -> bool:
