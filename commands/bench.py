@@ -102,10 +102,10 @@ def compare_reports(
 
 def _deliver(text: str, output: Optional[Path]) -> None:
     from localai.console import info, out
-    from localai.outfile import write_text
+    from localai.outfile import shown, write_text
 
     if output is None:
         out(text, end="")
         return
     write_text(output, text, "--output", REPORT_NAME)
-    info(f"wrote {output}")
+    info(f"wrote {shown(output)}")

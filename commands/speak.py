@@ -25,7 +25,7 @@ def main(
 
     from localai.console import info, out as print_data, out_json, warn
     from localai.errors import LocalaiError, UsageError
-    from localai.outfile import STDOUT, check_output_path
+    from localai.outfile import STDOUT, check_output_path, shown
     from localai.tts.engines import select_engine
     from localai.tts.player import open_output
     from localai.tts.session import SpeechSession
@@ -51,7 +51,7 @@ def main(
     session = SpeechSession(engine, voice_name, output, lang=engine.language(voice_name))
     try:
         for chunk in ([" ".join(text)] if text else text_chunks(sys.stdin)):
-            if session.error:  # the engine failed: do not wait for the rest of a slow pipe
+            if session.error or output.unheard:  # do not wait for the rest of a slow pipe
                 break
             session.feed(chunk)
         session.finish()
@@ -67,7 +67,7 @@ def main(
     if not session.timings:
         warn("nothing to speak")
     info(f"spoke {len(session.timings)} sentence(s), {seconds:.1f} s of audio"
-         + (f" -> {out}" if out else "") + f" [{engine.name}, voice {voice_name}]")
+         + (f" -> {shown(out)}" if out else "") + f" [{engine.name}, voice {voice_name}]")
     if json_output:
         out_json({"engine": engine.name, "voice": voice_name, "sample_rate": engine.sample_rate,
                   "audio_s": round(seconds, 3), "out": str(out) if out else None, "sentences": session.timings})

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import _thread
 import errno
+import contextlib
 import functools
 import importlib
 import logging
@@ -109,8 +110,8 @@ def guarded(fn):
             _interrupted()
         except BrokenPipeError:
             # the reader went away (e.g. `| head`): stop quietly
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
+            with contextlib.suppress(OSError, ValueError):  # stdout may be no file (a test runner's)
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             raise typer.Exit(0)
         except LocalaiError as exc:
             if settings.debug:

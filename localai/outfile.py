@@ -23,6 +23,11 @@ from localai.errors import LocalaiError
 STDOUT = "-"
 
 
+def shown(path: str | Path) -> str:
+    """How messages name an output path: `-` is "stdout"."""
+    return "stdout" if str(path) == STDOUT else str(path)
+
+
 def _is_stream(path: Path) -> bool:
     """A pipe, terminal or device: there is nothing to rename over, it is written in place."""
     try:
@@ -81,6 +86,8 @@ class OutputFile:
     def write(self, data: bytes) -> None:
         try:
             self.stream.write(data)
+        except BrokenPipeError:
+            raise  # a pipe's reader left (`| head`): not a failure, the command stops quietly
         except OSError as exc:
             raise self.error(exc) from None
 
@@ -91,6 +98,8 @@ class OutputFile:
                 os.replace(self.temporary, self.target)
         except OSError as exc:
             self.discard()
+            if isinstance(exc, BrokenPipeError):
+                raise
             raise self.error(exc) from None
 
     def discard(self) -> None:

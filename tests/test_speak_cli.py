@@ -91,10 +91,38 @@ def test_speak_out_dash_writes_only_the_wav_to_stdout(speaker, localai_home, ton
     audio, rate = soundfile.read(io.BytesIO(result.stdout_bytes), dtype="float32")  # nothing but the WAV
     assert rate == 16000 and len(result.stdout_bytes) == 44 + 2 * len(TONE)
     assert_is_the_tone(audio)
-    assert len(speaker.audio) == len(TONE) and "spoke 1 sentence(s)" in result.stderr
+    assert len(speaker.audio) == len(TONE) and "spoke 1 sentence(s), 0.2 s of audio -> stdout" in result.stderr
     both = runner.invoke(app, ["speak", "--out", "-", "--json", "Hello there."])
     assert both.exit_code == 2 and "--json and --out - both write to stdout" in both.stderr
     assert both.stdout_bytes == b""
+
+
+def test_speak_stops_quietly_when_the_reader_of_the_wav_leaves(tmp_path, localai_home, tone_engine, monkeypatch):
+    """`localai speak --out - | head -c 100`: the closed pipe ends the command as it ends `generate`."""
+    from localai.tts import textin
+
+    fifo = tmp_path / "speech.wav"
+    os.mkfifo(fifo)
+    read = []
+
+    def slow_pipe(stream):
+        for i in range(100):
+            read.append(i)
+            threading.Event().wait(0.02)
+            yield f"Sentence number {i} is here. "
+
+    def read_a_little():
+        with open(fifo, "rb") as reader:
+            reader.read(100)
+
+    monkeypatch.setattr(textin, "text_chunks", slow_pipe)
+    reader = threading.Thread(target=read_a_little, daemon=True)
+    reader.start()
+    result = runner.invoke(app, ["speak", "--out", str(fifo)], input="")
+    reader.join(timeout=30)
+    assert result.exit_code == 0, result.stderr
+    assert "error" not in result.stderr and "stopped" not in result.stderr
+    assert len(read) < 100  # the rest of the text was not waited for
 
 
 def test_speak_through_a_link_writes_its_target(tmp_path, localai_home, tone_engine):

@@ -82,6 +82,7 @@ class AudioOutput:
         self._to_speaker = Resampler(sample_rate, speaker_rate) if speaker_rate != sample_rate else None
         self.samples = 0  # taken so far, at sample_rate
         self.failures: dict[str, str] = {}  # "speaker" / "wav" -> why it stopped
+        self.reader_gone = False  # the WAV went to a pipe whose reader closed it (`--out - | head`)
         self._epoch = 0  # bumped by interrupt(); chunks queued before it are dropped
         self._silent = False  # interrupted and nothing played since: close() need not drain the device
         self._lock = threading.Lock()  # keeps _epoch and _silent consistent between the two threads
@@ -92,6 +93,11 @@ class AudioOutput:
     @property
     def seconds(self) -> float:
         return self.samples / self.sample_rate
+
+    @property
+    def unheard(self) -> bool:
+        """Every sink has stopped (the pipe's reader left, the device failed): more audio goes nowhere."""
+        return self.wav is None and self.speaker is None
 
     @property
     def epoch(self) -> int:
@@ -136,7 +142,10 @@ class AudioOutput:
 
     def raise_if_lost(self) -> None:
         """After close(): an error if the WAV file could not be written, or if playback failed
-        and there was no file (the speech went nowhere)."""
+        and there was no file (the speech went nowhere). A WAV pipe whose reader left raises
+        BrokenPipeError: the command then stops quietly, as it does for any closed pipe."""
+        if self.reader_gone:
+            raise BrokenPipeError("the reader of the audio left")
         if "wav" in self.failures:
             raise LocalaiError(f"the audio file was not written: {self.failures['wav']}",
                                "check the free space and that the folder is writable")
@@ -187,9 +196,12 @@ class AudioOutput:
         try:
             action()
         except Exception as exc:  # a sink that fails is dropped, the answer goes on
-            reason = first_line(exc)
-            self.failures[sink] = reason
-            warn(f"{what} stopped: {reason}")
+            if sink == "wav" and isinstance(exc, BrokenPipeError):
+                self.reader_gone = True  # not a failure: whoever read the WAV has had enough
+            else:
+                reason = first_line(exc)
+                self.failures[sink] = reason
+                warn(f"{what} stopped: {reason}")
             if sink == "speaker":
                 self.speaker = None
             else:

@@ -80,7 +80,7 @@ class SpeechSession:
             item = self._queue.get()
             if item is _END:
                 return
-            if self.error is not None or item[0] != self._epoch:
+            if self.error is not None or item[0] != self._epoch or self.output.unheard:
                 continue
             try:
                 self._speak(*item)
@@ -97,7 +97,7 @@ class SpeechSession:
         # read after this sentence's epoch was checked: abort() bumps ours first, then the output's,
         # so a Ctrl-C between the check below and write() is caught by one or the other
         output_epoch = self.output.epoch
-        for chunk in self.engine.stream(text, self.voice, should_stop=lambda: epoch != self._epoch):
+        for chunk in self.engine.stream(text, self.voice, should_stop=lambda: epoch != self._epoch or self.output.unheard):
             if epoch != self._epoch:
                 return
             first_audio = first_audio or time.perf_counter()

@@ -8,7 +8,6 @@ pipe), then the samples, written as they come. `localai speak --out - | aplay` p
 
 from __future__ import annotations
 
-import fcntl
 import os
 import struct
 from pathlib import Path
@@ -16,6 +15,11 @@ from pathlib import Path
 import numpy as np
 
 from localai.outfile import OutputFile
+
+try:
+    import fcntl
+except ImportError:  # Windows: no file status flags to read
+    fcntl = None
 
 WAV_NAME_EXAMPLE = "speech.wav"  # the file name in hints ("name a file, e.g. --out out/speech.wav")
 UNKNOWN_SIZE = 0xFFFFFFFF
@@ -39,6 +43,8 @@ def can_seek_back(stream) -> bool:
     start and not opened for appending (`>>`), where every write lands at the end."""
     if not stream.seekable() or stream.tell() != 0:
         return False
+    if fcntl is None:
+        return True
     try:
         return not fcntl.fcntl(stream.fileno(), fcntl.F_GETFL) & os.O_APPEND
     except OSError:  # no file descriptor: an in-memory file
