@@ -13,8 +13,8 @@ class LocalaiError(Exception):
 
     def one_line(self) -> str:
         text = self.message.rstrip(".")
-        if self.hint:
-            text += f". {self.hint.rstrip('.')}"
+        if self.hint:  # a sentence of its own: capitalized, unless it starts with a flag or a command
+            text += f". {self.hint[:1].upper()}{self.hint[1:].rstrip('.')}"
         return " ".join(text.split())
 
 

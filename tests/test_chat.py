@@ -124,7 +124,7 @@ def test_a_model_without_a_chat_template_is_refused_with_a_hint(tiny_llama, tmp_
 
 def test_too_many_new_tokens_for_the_context_is_a_usage_error(tiny_llama, localai_home):
     result = chat(tiny_llama, "--context", 64, "--max-new-tokens", 100, input="Hi\n")
-    assert result.exit_code == 2 and "lower --max-new-tokens" in result.stderr
+    assert result.exit_code == 2 and "Lower --max-new-tokens" in result.stderr
 
 
 # --- the REPL in process ------------------------------------------------------------------------

@@ -260,3 +260,11 @@ def test_write_failures_name_the_setting_that_moves_the_folder(tmp_path, monkeyp
     full = Exception("Error while serializing: I/O error: No space left on device (os error 28)")  # safetensors' own type
     assert _describe_unexpected(full).startswith("no space left on device")
     assert _describe_unexpected(ValueError("something else")) is None
+
+
+def test_the_hint_of_a_one_line_error_is_a_sentence_of_its_own():
+    from localai.errors import LocalaiError
+
+    assert LocalaiError("no such file.", "check the path.").one_line() == "no such file. Check the path"
+    assert LocalaiError("no audio device", "--out FILE.wav saves it").one_line() == "no audio device. --out FILE.wav saves it"
+    assert LocalaiError("cannot  load\nit").one_line() == "cannot load it"

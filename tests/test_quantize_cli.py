@@ -135,7 +135,7 @@ def test_unknown_method(tiny_llama, tmp_path):
 def test_group_size_that_does_not_divide(tiny_llama, tmp_path):
     line = _one_line_error(invoke_on_cpu("quantize", tiny_llama, "-o", tmp_path / "q", "--group-size", 128, "--no-calib"))
     assert "group size 128 does not divide the padded input size 64" in line
-    assert line.endswith("choose a group size that divides it: 32, 64")
+    assert line.endswith("Choose a group size that divides it: 32, 64")
     assert _nothing_written(tmp_path)
 
 
@@ -169,7 +169,7 @@ def test_output_and_calibration_paths_are_checked_before_loading(tmp_path):
     a_file.write_text("x")
     absent_model = tmp_path / "absent-model"  # the paths fail first: no model is looked up
     line = _one_line_error(invoke_on_cpu("quantize", absent_model, "-o", a_file / "q", "--no-calib"))
-    assert line == f"error: cannot create {a_file / 'q'}: {a_file} is a file, not a folder. choose another -o folder"
+    assert line == f"error: cannot create {a_file / 'q'}: {a_file} is a file, not a folder. Choose another -o folder"
     line = _one_line_error(invoke_on_cpu("quantize", absent_model, "-o", tmp_path / "q", "--calib", tmp_path / "no.txt"))
     assert "calibration file not found" in line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
@@ -203,7 +203,7 @@ def test_eval_bad_input(tiny_llama, tmp_path, text_file):
     line = _one_line_error(invoke_on_cpu("eval", tiny_llama, "--text", tmp_path))
     assert line.startswith(f"error: cannot read {tmp_path}: Is a directory")
     line = _one_line_error(invoke_on_cpu("eval", tiny_llama, "--text", text_file, "--windows", 1, "--ctx", 513))
-    assert "--ctx 513 is longer than the context of" in line and line.endswith("use --ctx 512 or less")
+    assert "--ctx 513 is longer than the context of" in line and line.endswith("Use --ctx 512 or less")
     line = _one_line_error(invoke_on_cpu("eval", tiny_llama, "--text", text_file, "--windows", 500, "--ctx", 64))
     assert "500 asked for" in line
 

@@ -75,7 +75,7 @@ def test_a_failing_device_stops_playback_but_not_the_file(tmp_path):
 def test_no_playback_device_needs_out_or_warns(no_speaker, tmp_path):
     with pytest.raises(PlaybackUnavailable) as excinfo:
         open_output(16000, play=True)
-    assert "use --out FILE.wav" in excinfo.value.one_line()
+    assert "Use --out FILE.wav" in excinfo.value.one_line()
     assert open_output(16000, play=True, required=False) is None
     output = open_output(16000, play=True, out_path=tmp_path / "b.wav")
     output.close()

@@ -26,7 +26,7 @@ class PicoEngine:
             from py_nanotts import NanoTTS
         except ImportError as exc:
             raise LocalaiError(f"the fallback speech engine is not installed ({exc})",
-                               "pip install py-nanotts") from None
+                               "install it with `pip install py-nanotts`") from None
         self._tts = NanoTTS()
 
     def load(self) -> None:
