@@ -248,6 +248,7 @@ def test_voxtral_voices_are_listed_and_checked_without_loading_the_model(tmp_pat
     listed = runner.invoke(app, base + ["--list-voices", "--json"])
     assert listed.exit_code == 0, listed.stderr
     assert json.loads(listed.stdout)["voices"] == ["casual_female", "neutral_male"]
+    assert engines.select_engine("voxtral", model=str(folder)).resolve_voice("Neutral_Male", None) == "neutral_male"
     mistyped = runner.invoke(app, base + ["--voice", "robot", "--out", str(tmp_path / "x.wav"), "Hi."])
     assert mistyped.exit_code == 1 and "Voxtral has no voice 'robot'" in mistyped.stderr
     assert not (tmp_path / "x.wav").exists()

@@ -70,10 +70,11 @@ class VoxtralEngine:
 
     def resolve_voice(self, voice: str | None, lang: str | None) -> str:
         voices = self.voices()
-        if voice:
-            if voice not in voices:
+        if voice:  # in any case, as the reference server takes them
+            by_lower = {name.lower(): name for name in voices}
+            if voice.lower() not in by_lower:
                 raise LocalaiError(f"Voxtral has no voice {voice!r}", f"choose one of: {', '.join(voices)}")
-            return voice
+            return by_lower[voice.lower()]
         code = (lang or "en").lower().split("-")[0]
         if code not in VOXTRAL_LANGUAGES:
             raise LocalaiError(f"Voxtral cannot speak {lang!r}", f"languages: {', '.join(VOXTRAL_LANGUAGES)}")

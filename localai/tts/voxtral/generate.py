@@ -21,7 +21,11 @@ from localai.tts.voxtral.loader import load_voice, usable_voices
 from localai.tts.voxtral.streaming import StreamingDecoder, decode_frames
 
 MAX_FRAMES = 2048  # 164 s of audio, the reference deployment's limit per request
-FRAMES_PER_CHAR = 3  # speech runs about 0.8 frames per character; beyond ~4x that the model is rambling
+MAX_POSITIONS = 4096  # the reference deployment's context: prompt + frames
+# speech runs about 0.8 frames per character of English; a slow voice, or digits and symbols
+# said in full in other languages, take several times that. Beyond this the model is rambling.
+FRAMES_PER_CHAR = 6
+BASE_FRAMES = 80  # ~6 s for any text, however short
 
 
 class VoxtralSynthesizer:
@@ -87,7 +91,7 @@ class VoxtralSynthesizer:
         rows = self.voice(voice)
         ids = self.prompt_ids(text, voice)
         embeds = model.embed_prompt(ids, rows)  # [1, T, C]
-        budget = min(self.max_frames, 40 + FRAMES_PER_CHAR * len(text))
+        budget = max(1, min(self.max_frames, MAX_POSITIONS - len(ids), BASE_FRAMES + FRAMES_PER_CHAR * len(text)))
         cache = self.frame_steps.cache_for(len(ids) + budget + 1)  # the last position stays free
         hidden = model.backbone(embeds, cache, 0)[:, -1]  # [1, C] at the final [BEGIN_AUDIO]
         generator = torch.Generator(device=model.device).manual_seed(seed)
