@@ -16,7 +16,7 @@ def main(
                                        "with prompt/messages and per-request options; - = stdin."),
     jsonl: bool = typer.Option(False, "--jsonl", help="One JSON object per request, in input order."),
     json_output: bool = typer.Option(False, "--json", help="One JSON document with every result and the stats."),
-    batch_size: str = typer.Option("auto", "--batch-size", help="Sequences decoded together: auto or N."),
+    batch_size: str = typer.Option("auto", "--batch-size", metavar="auto|N", help="Sequences decoded together: auto or N."),
     max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1, help="Stop after this many new tokens."),
     temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy; higher = more random."),
     top_p: float = typer.Option(1.0, "--top-p", help="Sample from the smallest set with this much probability."),
