@@ -58,6 +58,19 @@ def test_turboquant_checkpoint_runs_through_the_lean_engine(tiny_llama, tmp_path
     assert [r.token_ids for r in results] == reference_ids(tmp_path / "tq", PROMPTS[:3], 12)
 
 
+def test_a_checkpoint_with_a_quantized_head_runs_through_the_lean_engine(tiny_qwen3, tmp_path):
+    """quantize --quantize-head on a model whose head was tied to its embedding: the head is a
+    TurboLinear (no `weight`), the embedding stays a plain tensor."""
+    from localai.quant.pipeline import QuantizeOptions, quantize
+
+    quantize(tiny_qwen3, tmp_path / "tq-head", QuantizeOptions(use_calib=False, quantize_head=True))
+    engine = Engine(*load(tmp_path / "tq-head"))
+    assert engine.runner.kind == "lean" and engine.runner.model.head.turbo
+    assert not engine.runner.model.tied_head_packs
+    results = generate_batch(engine, fixed_length(engine, PROMPTS[:3], 12), batch_size=3)
+    assert [r.token_ids for r in results] == reference_ids(tmp_path / "tq-head", PROMPTS[:3], 12)
+
+
 def test_qwen3_lean_forward_uses_q_k_norms_and_the_tied_embedding(tiny_qwen3):
     engine = Engine(*load(tiny_qwen3))
     assert engine.runner.kind == "lean"

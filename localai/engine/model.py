@@ -257,9 +257,11 @@ class LeanModel:
         self.layers = [LeanLayer(layer, windows[i]) for i, layer in enumerate(inner.layers)]
         self.windows = set(windows) - {None}
         self.norm = make_norm(inner.norm)
-        self.head = Projection([model.get_output_embeddings()])  # a tied embedding keeps its own weight
+        output = model.get_output_embeddings()
+        self.head = Projection([output])  # a tied embedding keeps its own weight
         head = self.head  # a tied head packed for batches is a copy beside the embedding's weight
-        self.tied_head_packs = (model.get_output_embeddings().weight is self.embed.weight and head.fused
+        # a quantized head (quantize --quantize-head) has no `weight`: it is tied to nothing
+        self.tied_head_packs = (getattr(output, "weight", None) is self.embed.weight and head.fused
                                 and not head.turbo and pack_for_cpu(head.weight[:1]) is not None)
         self.rotary = inner.rotary_emb
         self.heads = config.num_attention_heads
