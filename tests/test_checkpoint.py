@@ -223,7 +223,8 @@ def test_int4_checkpoint_round_trip(tiny_qwen3, tmp_path):
     # same layer, computed from the stored int4 values directly
     parts = {k: getattr(layer, k) for k in ("qweight", "scales", "zeros")}
     x = torch.randn(3, layer.in_features)
-    assert torch.allclose(layer(x), x @ baselines.int4_dequantize(parts, 32).T, atol=1e-4)
+    ref = x @ baselines.int4_dequantize(parts, 32).T  # torch's int4 kernel takes bfloat16 activations
+    assert float((layer(x) - ref).abs().max()) <= 2 ** -7 * float(ref.abs().max())
     ids = torch.tensor([[3, 10, 40, 7]])
     with torch.no_grad():
         fp, q = model(ids).logits, loaded(ids).logits

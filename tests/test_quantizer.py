@@ -17,6 +17,11 @@ def _rel_error(a, b):
     return float((a - b).pow(2).sum() / b.pow(2).sum())
 
 
+def _close_in_bfloat16(y, ref):
+    """torch's int4 kernels take bfloat16 activations: agreement to a few bfloat16 steps of the largest output."""
+    return float((y - ref).abs().max()) <= 2 ** -7 * float(ref.abs().max())
+
+
 @pytest.mark.parametrize("n,k,block,k_padded", [(64, 576, 64, 576), (48, 1536, 128, 1536), (32, 100, 128, 128)])
 def test_quantize_weight_shapes_and_error(n, k, block, k_padded):
     w = torch.randn(n, k, generator=torch.Generator().manual_seed(1))
@@ -265,11 +270,11 @@ def test_int4_round_to_nearest_runs_on_the_int4_kernel():
         getattr(layer, name).copy_(value)
     layer.bias.data.normal_()
     x = torch.randn(2, 5, 128)
-    assert torch.allclose(layer(x), x @ w_hat.T + layer.bias, atol=1e-3)
-    rows = baselines.CPU_INT4_KERNEL_MAX_ROWS + 1  # past the kernel's batch sizes: dequantize + BLAS
+    assert _close_in_bfloat16(layer(x), x @ w_hat.T + layer.bias)
+    rows = baselines.CPU_INT4_KERNEL_MAX_ROWS + 1  # past the kernel's batch sizes: dequantize + float32 BLAS
     x = torch.randn(rows, 128)
     assert torch.allclose(layer(x), x @ w_hat.T + layer.bias, atol=1e-3)
-    assert torch.allclose(layer(x)[:3], layer(x[:3]), atol=1e-4)  # the two paths agree
+    assert _close_in_bfloat16(layer(x[:3]), layer(x)[:3])  # the two paths agree
     with pytest.raises(LocalaiError, match="does not divide"):
         baselines.int4_quantize(torch.randn(4, 96), 64)
 
@@ -281,7 +286,7 @@ def test_int4_layer_follows_new_weights_and_keeps_its_format_through_casts():
     x = torch.randn(3, 128)
     layer(x)  # builds the kernel operands from the first weights
     layer.load_state_dict(parts[1])
-    assert torch.allclose(layer(x), x @ baselines.int4_dequantize(parts[1], 64).T, atol=1e-3)
+    assert _close_in_bfloat16(layer(x), x @ baselines.int4_dequantize(parts[1], 64).T)
     layer.to(torch.bfloat16).float()
     assert layer.scales.dtype == layer.zeros.dtype == torch.float16
     assert torch.equal(layer.scales, parts[1]["scales"]) and torch.equal(layer.zeros, parts[1]["zeros"])

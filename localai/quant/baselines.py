@@ -57,8 +57,9 @@ def _inner_k_tiles(k: int) -> int:
                        "use --method turboquant for this model")
 
 
-# torch's int4 CPU kernel is made for decoding; past this many rows a dequantized copy of
-# the one layer and a BLAS matmul are faster (measured ~60x at 2,048 rows of 576 -> 1536)
+# torch's int4 kernels take bfloat16 activations (on the CPU, float32 ones run ~30x slower:
+# 776 against 28 us for one row of 576 -> 1536). Decoding uses them; past this many rows (prefill,
+# perplexity scoring) one dequantized layer and a float32 BLAS matmul keep float32 arithmetic.
 CPU_INT4_KERNEL_MAX_ROWS = 64
 
 
@@ -108,15 +109,14 @@ class Int4Linear(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, self.in_features).contiguous()  # [M, K]
-        if x2.device.type == "cuda":
-            weight, sz = self._kernel_operands(x2.device, torch.bfloat16)
-            y = torch.ops.aten._weight_int4pack_mm(x2.to(torch.bfloat16), weight, self.group_size, sz).to(x.dtype)
-        elif x2.shape[0] > CPU_INT4_KERNEL_MAX_ROWS:  # prefill / scoring: one dequantized layer and BLAS
+        if x2.device.type == "cpu" and x2.shape[0] > CPU_INT4_KERNEL_MAX_ROWS:  # one dequantized layer, BLAS
             parts = {"qweight": self.qweight, "scales": self.scales, "zeros": self.zeros}
             y = torch.nn.functional.linear(x2, int4_dequantize(parts, self.group_size).to(x2.dtype))
         else:
-            weight, sz = self._kernel_operands(x2.device, x2.dtype)
-            y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, weight, self.group_size, sz)
+            weight, sz = self._kernel_operands(x2.device, torch.bfloat16)
+            matmul = torch.ops.aten._weight_int4pack_mm if x2.device.type == "cuda" else \
+                torch.ops.aten._weight_int4pack_mm_for_cpu
+            y = matmul(x2.to(torch.bfloat16), weight, self.group_size, sz).to(x.dtype)
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)
         return y.reshape(*shape[:-1], self.out_features)
