@@ -1,6 +1,6 @@
 """Write a tiny random Voxtral TTS checkpoint with the real file layout, key names and params.json schema.
 
-    python scripts/make_tiny_voxtral.py OUT_DIR
+    python scripts/make_tiny_voxtral.py OUT_DIR [--seed N]
 
 The folder gets params.json, consolidated.safetensors, tekken.json (a byte-level tekken
 tokenizer built in process, as mistral-common's own tests build theirs) and
@@ -11,9 +11,9 @@ loader's mapping. `real_params()` gives the released model's dimensions.
 
 from __future__ import annotations
 
+import argparse
 import base64
 import json
-import sys
 from pathlib import Path
 
 TINY_VOICES = {"casual_female": 6, "neutral_male": 4}  # name -> number of [AUDIO] rows
@@ -195,7 +195,13 @@ def write_tiny_voxtral(folder: Path, seed: int = 0, voices: dict[str, int] | Non
     return folder
 
 
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out_dir", type=Path, help="folder to write (created; files in it are replaced)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    args = parser.parse_args()
+    print(write_tiny_voxtral(args.out_dir, seed=args.seed))
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit(__doc__)
-    print(write_tiny_voxtral(Path(sys.argv[1])))
+    main()
