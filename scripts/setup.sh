@@ -9,7 +9,12 @@ cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
 extras=""
-[[ "${1:-}" == "--dev" ]] && extras="[dev]"
+case "${1:-}" in
+    "") ;;
+    --dev) extras="[dev]" ;;
+    -h|--help) sed -n '2,6s/^# \{0,1\}//p' "$0"; exit 0 ;;
+    *) echo "setup.sh: unknown option $1 (use --dev or --help)" >&2; exit 2 ;;
+esac
 
 if ! "$PYTHON" -c "import torch" 2>/dev/null; then
     # Install a pinned torch first so the dependency resolver does not pick a
