@@ -16,11 +16,18 @@ from localai.errors import LocalaiError, first_line
 DOWNLOAD_HINT = "Download the model again with `localai download MODEL`"
 
 
-def _read_config(folder: Path) -> dict:
+def read_config(folder: Path) -> dict:
+    """config.json of a transformers model folder, or one line saying what the folder is instead."""
+    folder = Path(folder)
     if not folder.is_dir():
         raise LocalaiError(f"{folder} is not a folder", "Pass a model folder, alias or hub id")
     config_file = folder / "config.json"
     if not config_file.is_file():
+        from localai.tts.voxtral.loader import is_voxtral_folder
+
+        if is_voxtral_folder(folder):
+            raise LocalaiError(f"{folder} is a Voxtral TTS checkpoint, not a text-generation model",
+                               f"speak with it: `localai speak --tts-model {folder}`")
         raise LocalaiError(f"{folder} has no config.json, so it is not a transformers model folder",
                            "Pass the folder that holds config.json and the weights")
     try:
@@ -86,7 +93,7 @@ def load_model(path, device: Optional[str] = None, dtype=None):
     from localai.quant.checkpoint import read_quantization_config
 
     folder = Path(path)
-    config = _read_config(folder)
+    config = read_config(folder)
     read_quantization_config(folder)  # a malformed quantization_config: one line, before transformers reads it
     _check_weights(folder)
     device = resolve_device(device)
@@ -159,7 +166,7 @@ def load_tokenizer(path):
     from transformers import AutoTokenizer
 
     folder = Path(path)
-    _read_config(folder)
+    read_config(folder)
     try:
         return AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
     except (ValueError, KeyError, OSError, TypeError) as exc:

@@ -133,3 +133,12 @@ def test_config_that_does_not_fit_the_weights(tmp_path, tiny_llama):
     assert result.exit_code == 1 and result.stdout == ""
     assert "shapes its config.json describes" in one_error_line(result.stderr)
     assert "LOAD REPORT" not in result.stderr  # transformers' table of every mismatched key is held back
+
+
+@pytest.mark.parametrize("command", [["generate", "{}", "hi"], ["eval", "{}"], ["chat", "{}"],
+                                     ["bench", "{}", "--num-requests", "2"]])
+def test_a_voxtral_folder_given_to_a_text_command_is_named_with_the_command_that_takes_it(tiny_voxtral, command):
+    result = runner.invoke(app, ["--device", "cpu", *[a.format(tiny_voxtral) for a in command]], input="Hi\n")
+    assert result.exit_code == 1 and result.stdout == ""
+    assert one_error_line(result.stderr) == (f"error: {tiny_voxtral} is a Voxtral TTS checkpoint, not a text-generation "
+                                             f"model. Speak with it: `localai speak --tts-model {tiny_voxtral}`")

@@ -127,14 +127,9 @@ def save_quantized(model, tokenizer, packed: dict, spec, out: Path, dtype=None) 
 
 def read_quantization_config(folder: Path) -> dict | None:
     """The checkpoint's quantization_config (None for an unquantized model); ours are checked field by field."""
-    config_file = Path(folder) / "config.json"
-    try:
-        config = json.loads(config_file.read_text())
-    except FileNotFoundError:
-        raise LocalaiError(f"{folder} has no config.json", REQUANTIZE_HINT) from None
-    except (OSError, ValueError) as exc:
-        raise LocalaiError(f"{config_file} is not valid JSON ({exc})", REQUANTIZE_HINT) from None
-    qc = config.get("quantization_config")
+    from localai.loading import read_config
+
+    qc = read_config(folder).get("quantization_config")
     if qc is None:
         return None
     if not isinstance(qc, dict) or not isinstance(qc.get("quant_method"), str):
