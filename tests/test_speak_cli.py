@@ -260,3 +260,11 @@ def test_doctor_reports_the_speech_engines(localai_home):
     records = {r["name"]: r for r in json.loads(result.stdout)}
     assert records["tts fallback"]["status"] == "ok"
     assert "--tts auto uses fallback" in records["tts auto"]["detail"]
+
+
+def test_a_text_model_given_as_the_voxtral_model_is_named_as_such(tiny_llama, localai_home, tmp_path):
+    for tts in ("voxtral", "auto"):
+        result = runner.invoke(app, ["--device", "cpu", "speak", "--tts", tts, "--tts-model", str(tiny_llama),
+                                     "--out", str(tmp_path / "x.wav"), "Hi."])
+        assert result.exit_code == 1 and "is not a Voxtral TTS checkpoint" in result.stderr, result.stderr
+    assert not (tmp_path / "x.wav").exists()

@@ -96,11 +96,16 @@ class VoxtralEngine:
 
 
 def voxtral_folder(model: str = VOXTRAL_ALIAS) -> Path | None:
-    """Where the Voxtral weights are on disk (a folder path or the downloaded alias), or None."""
+    """Where the Voxtral weights are on disk (a folder path or the downloaded alias); None when they
+    are not there, an error when `model` names another kind of model."""
     from localai.store.resolve import find_local
+    from localai.tts.voxtral.loader import is_voxtral_folder
 
     folder = find_local(model)
-    return folder if folder is not None and (folder / "consolidated.safetensors").is_file() else None
+    if folder is not None and not is_voxtral_folder(folder):
+        raise LocalaiError(f"{model} is not a Voxtral TTS checkpoint (params.json and consolidated.safetensors)",
+                           "give --tts-model the voxtral-tts alias or a folder made from mistralai/Voxtral-4B-TTS-2603")
+    return folder
 
 
 def show_license_once() -> None:
