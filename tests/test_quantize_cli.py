@@ -50,6 +50,11 @@ def test_quantize_with_calibration_file_prints_the_folder(tiny_llama, tmp_path, 
     assert result.stdout.strip() == str(out)
     assert "calibration    text.txt, 1,024 tokens" in result.stderr and "bits/weight" in result.stderr
     assert "quantized model.layers" not in result.stderr  # a line per layer only with -v
+    assert "warning" not in result.stderr
+    short = invoke_on_cpu("quantize", tiny_llama, "-o", tmp_path / "tq-short", "--calib", text_file,
+                          "--calib-tokens", 8192)
+    assert short.exit_code == 0, short.output
+    assert "warning: text.txt gives 4,096 calibration tokens of the 8,192 asked for" in short.stderr
 
 
 def test_quantize_default_calibration_is_self_generated(tiny_qwen3, tmp_path):

@@ -135,6 +135,11 @@ def _calibration(model, tokenizer, opts: QuantizeOptions, device: str, progress)
         return None, "none (data-free)"
     if opts.calib_file is not None:
         ids = calib_data.from_text_file(opts.calib_file, tokenizer, opts.calib_tokens)
+        if ids.numel() + calib_data.SEQ_LEN <= opts.calib_tokens:  # short of a whole sequence or more
+            from localai.console import warn
+
+            warn(f"{opts.calib_file.name} gives {ids.numel():,} calibration tokens of the {opts.calib_tokens:,} "
+                 "asked for: calibrating on those")
         return ids, f"{opts.calib_file.name}, {ids.numel():,} tokens"
     home = next(model.parameters()).device
     model.to(device)  # sampling wants the fast device; the layers go back to `home` for calibration
