@@ -90,11 +90,11 @@ def load_model(path, device: Optional[str] = None, dtype=None):
     """A transformers causal LM from a local folder, in eval mode on `device` (default: --device)."""
     from localai.device import resolve_device
 
-    from localai.quant.checkpoint import read_quantization_config
+    from localai.quant.checkpoint import quantization_config_of
 
     folder = Path(path)
     config = read_config(folder)
-    read_quantization_config(folder)  # a malformed quantization_config: one line, before transformers reads it
+    quantization_config_of(config)  # a malformed quantization_config: one line, before transformers reads it
     _check_weights(folder)
     device = resolve_device(device)
     torch_dtype = pick_dtype(device, dtype)

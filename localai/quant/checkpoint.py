@@ -129,7 +129,12 @@ def read_quantization_config(folder: Path) -> dict | None:
     """The checkpoint's quantization_config (None for an unquantized model); ours are checked field by field."""
     from localai.loading import read_config
 
-    qc = read_config(folder).get("quantization_config")
+    return quantization_config_of(read_config(folder))
+
+
+def quantization_config_of(config: dict) -> dict | None:
+    """read_quantization_config for a config.json already read."""
+    qc = config.get("quantization_config")
     if qc is None:
         return None
     if not isinstance(qc, dict) or not isinstance(qc.get("quant_method"), str):
