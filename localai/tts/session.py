@@ -97,7 +97,10 @@ class SpeechSession:
         # read after this sentence's epoch was checked: abort() bumps ours first, then the output's,
         # so a Ctrl-C between the check below and write() is caught by one or the other
         output_epoch = self.output.epoch
-        for chunk in self.engine.stream(text, self.voice, should_stop=lambda: epoch != self._epoch or self.output.unheard):
+        def stopped() -> bool:  # Ctrl-C, or nobody is listening any more
+            return epoch != self._epoch or self.output.unheard
+
+        for chunk in self.engine.stream(text, self.voice, should_stop=stopped):
             if epoch != self._epoch:
                 return
             first_audio = first_audio or time.perf_counter()
