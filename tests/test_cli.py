@@ -268,3 +268,28 @@ def test_the_hint_of_a_one_line_error_is_a_sentence_of_its_own():
     assert LocalaiError("no such file.", "check the path.").one_line() == "no such file. Check the path"
     assert LocalaiError("no audio device", "--out FILE.wav saves it").one_line() == "no audio device. --out FILE.wav saves it"
     assert LocalaiError("cannot  load\nit").one_line() == "cannot load it"
+
+
+def test_the_setup_script_prints_its_usage_and_refuses_unknown_options(tmp_path):
+    import subprocess
+
+    from cli_helpers import REPO_ROOT
+
+    script = str(REPO_ROOT / "scripts" / "setup.sh")
+    shown = subprocess.run(["bash", script, "--help"], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert shown.returncode == 0 and "scripts/setup.sh --dev" in shown.stdout
+    refused = subprocess.run(["bash", script, "--bogus"], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert refused.returncode == 2 and "unknown option --bogus" in refused.stderr and refused.stdout == ""
+
+
+def test_the_tiny_voxtral_script_takes_help_as_a_flag(tmp_path):
+    import subprocess
+    import sys
+
+    from cli_helpers import REPO_ROOT
+
+    script = str(REPO_ROOT / "scripts" / "make_tiny_voxtral.py")
+    shown = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert shown.returncode == 0 and "out_dir" in shown.stdout and list(tmp_path.iterdir()) == []
+    missing = subprocess.run([sys.executable, script], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert missing.returncode == 2 and list(tmp_path.iterdir()) == []
