@@ -5,9 +5,10 @@ read every packed byte once per program:
 - GEMV (a few activation rows): each program owns BLOCK_N weight rows and one activation
   row, walks K a few groups at a time (the next tile is loaded while the current one is
   decoded), reduces each group with tl.sum and scales it by the group's gain.
-- tiled (more rows): one group per K step; the [BLOCK_N, G/2] byte tile becomes two bf16/fp16
-  tiles (even and odd columns, gain applied) that meet the matching activation columns in
-  tl.dot. The wrapper splits the activations into even and odd columns once per call.
+- tiled (more rows): K steps of up to 64 weights (one group, or a slice of a larger one); the
+  [BLOCK_N, step/2] byte tile becomes two bf16/fp16 tiles (even and odd columns, gain applied)
+  that meet the matching activation columns in tl.dot. The wrapper splits the activations into
+  even and odd columns once per call.
 Split-K (partial sums added atomically into float32) only when N alone gives too few
 programs; it is a function of the weight shape, like the autotuning key.
 Activations reach the GEMV as words holding the pair (2j, 2j+1) that one packed byte
@@ -66,7 +67,7 @@ def _tune_bench(kernel_call, quantiles):
 # steps keep more bytes in flight per warp, which a small matrix needs to approach the memory
 # bandwidth (all of its programs are resident at once)
 GEMV_TILES = ((4, 4, 1), (8, 2, 1), (16, 1, 1), (8, 4, 2), (4, 8, 1), (2, 8, 1))
-# (BLOCK_N, num_warps, num_stages) for the tiled kernel
+# (BLOCK_N, num_warps, num_stages) for the tiled kernel (float32 activations take 1 stage)
 DOT_TILES = ((32, 4, 3), (64, 4, 3), (64, 8, 3))
 
 
@@ -84,8 +85,24 @@ def _gemv_configs():
     return [gemv_config(*tile) for tile in GEMV_TILES]
 
 
+# the most bytes of each weight row one GEMV step decodes: beyond this (BLOCK_G 8 with groups of
+# 128) the tile spills registers on sm_86 to sm_90
+GEMV_MAX_STEP_BYTES = 256
+
+
+def gemv_configs_for(configs: list, group_size: int) -> list:
+    """The GEMV configs worth timing for a group size: those whose step fits GEMV_MAX_STEP_BYTES,
+    or else the one with the shortest step."""
+    fitting = [config for config in configs if config.kwargs["BLOCK_G"] * group_size // 2 <= GEMV_MAX_STEP_BYTES]
+    return fitting or [min(configs, key=lambda config: config.kwargs["BLOCK_G"])]
+
+
+def _prune_gemv(configs, named_args, **kwargs):
+    return gemv_configs_for(configs, kwargs.get("GROUP") or named_args["GROUP"])
+
+
 @triton.autotune(configs=_gemv_configs(), key=["N", "K", "GROUP"], reset_to_zero=["out_ptr"],
-                  do_bench=_tune_bench)
+                  prune_configs_by={"early_config_prune": _prune_gemv}, do_bench=_tune_bench)
 @triton.jit
 def _gemv_kernel(xw_ptr, codes_ptr, gains_ptr, lut_ptr, out_ptr, N, K, KB, stride_xm, stride_om,
                  GROUP: tl.constexpr, SPLIT_K: tl.constexpr, X_KIND: tl.constexpr,
@@ -129,19 +146,20 @@ def _gemv_kernel(xw_ptr, codes_ptr, gains_ptr, lut_ptr, out_ptr, N, K, KB, strid
         tl.atomic_add(out, acc, mask=row_ok)
 
 
-def _dot_configs():
+def _dot_configs(stages: int | None = None):
     if INTERPRET:
         return [dot_config(32, 4, 1)]
-    return [dot_config(*tile) for tile in DOT_TILES]
+    return [dot_config(block_n, warps, stages or tile_stages) for block_n, warps, tile_stages in DOT_TILES]
 
 
-@triton.autotune(configs=_dot_configs(), key=["N", "K", "GROUP", "BLOCK_M"], reset_to_zero=["out_ptr"],
-                  do_bench=_tune_bench)
 @triton.jit
-def _dot_kernel(x2_ptr, codes_ptr, gains_ptr, lut_ptr, out_ptr, M, N, K, KB, stride_xs, stride_xm, stride_om,
-                GROUP: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, F32_DOT: tl.constexpr,
-                BLOCK_N: tl.constexpr):
+def _dot_body(x2_ptr, codes_ptr, gains_ptr, lut_ptr, out_ptr, M, N, K, KB, stride_xs, stride_xm, stride_om,
+              GROUP: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, F32_DOT: tl.constexpr,
+              BLOCK_N: tl.constexpr):
     HALF: tl.constexpr = GROUP // 2
+    # byte columns per K step: a group of up to 64 weights at a time (larger groups in slices),
+    # which keeps the decoded tiles in registers on every card (sm_75 and up)
+    STEP: tl.constexpr = HALF if HALF < 32 else 32
     pid_n, pid_m, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     n_groups = K // GROUP
     per_split = tl.cdiv(n_groups, SPLIT_K)
@@ -151,21 +169,21 @@ def _dot_kernel(x2_ptr, codes_ptr, gains_ptr, lut_ptr, out_ptr, M, N, K, KB, str
     rows_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # [BN]
     m_ok, n_ok = rows_m < M, rows_n < N
     rows_n = tl.where(n_ok, rows_n, 0)
-    lane = tl.arange(0, HALF)
+    lane = tl.arange(0, STEP)
     code_rows = codes_ptr + rows_n[:, None].to(tl.int64) * KB
+    gain_rows = gains_ptr + rows_n * n_groups  # [BN]
     x_rows = x2_ptr + rows_m[:, None] * stride_xm
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    byte_end = g_end * HALF
-    first = g_start * HALF + lane
-    byte = tl.load(code_rows + first[None, :], mask=(first < byte_end)[None, :], other=0)  # [BN, H]
-    for g in range(g_start, g_end):
-        cols = g * HALF + lane  # byte columns of group g
-        nxt = cols + HALF  # load the next group while this one is decoded
+    byte_start, byte_end = g_start * HALF, g_end * HALF
+    byte = tl.load(code_rows + (byte_start + lane)[None, :], mask=(byte_start + lane < byte_end)[None, :], other=0)
+    for col in range(byte_start, byte_end, STEP):
+        cols = col + lane  # [S] byte columns of this step, all in group col // HALF
+        nxt = cols + STEP  # load the next step while this one is decoded
         byte_next = tl.load(code_rows + nxt[None, :], mask=(nxt < byte_end)[None, :], other=0)
-        gain = tl.load(gains_ptr + rows_n * n_groups + g).to(tl.float32)[:, None]  # [BN, 1]
-        x_even = tl.load(x_rows + cols[None, :], mask=m_ok[:, None], other=0.0)  # [BM, H]
+        gain = tl.load(gain_rows + col // HALF).to(tl.float32)[:, None]  # [BN, 1]
+        x_even = tl.load(x_rows + cols[None, :], mask=m_ok[:, None], other=0.0)  # [BM, S]
         x_odd = tl.load(x_rows + stride_xs + cols[None, :], mask=m_ok[:, None], other=0.0)
-        w_even = (tl.load(lut_ptr + (byte & 15).to(tl.int32)) * gain).to(x_even.dtype)  # [BN, H]
+        w_even = (tl.load(lut_ptr + (byte & 15).to(tl.int32)) * gain).to(x_even.dtype)  # [BN, S]
         w_odd = (tl.load(lut_ptr + (byte >> 4).to(tl.int32)) * gain).to(x_even.dtype)
         if F32_DOT:  # float32 activations; also bf16 under the interpreter, whose dot lacks bf16
             acc = tl.dot(x_even.to(tl.float32), tl.trans(w_even.to(tl.float32)), acc, input_precision="ieee")
@@ -180,6 +198,19 @@ def _dot_kernel(x2_ptr, codes_ptr, gains_ptr, lut_ptr, out_ptr, M, N, K, KB, str
         tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=out_ok)
     else:
         tl.atomic_add(out, acc, mask=out_ok)
+
+
+def _autotuned_dot(configs):
+    return triton.autotune(configs=configs, key=["N", "K", "GROUP", "BLOCK_M"], reset_to_zero=["out_ptr"],
+                           do_bench=_tune_bench)(_dot_body)
+
+
+_dot_kernel = _autotuned_dot(_dot_configs())
+# float32 activations multiply on the CUDA cores, where software pipelining keeps every stage's
+# operands in registers: with 3 stages ptxas spills on sm_80 to sm_120, with 1 it does not
+_dot_kernel_f32 = _autotuned_dot(_dot_configs(stages=1))
+# every autotuned kernel, for checks that pin or list their configs
+AUTOTUNED = {"gemv": _gemv_kernel, "dot": _dot_kernel, "dot_f32": _dot_kernel_f32}
 
 
 @functools.lru_cache(maxsize=None)
@@ -234,9 +265,10 @@ def turbo_matmul(x_rot: torch.Tensor, codes: torch.Tensor, gains: torch.Tensor, 
         split = split_k or split_k_for(n, k_padded, group_size, 32, device_index)
         out = _output(m, n, split, x)
         grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), triton.cdiv(m, block_m), split)  # noqa: E731
-        _dot_kernel[grid](x2, codes, gains, lut, out, m, n, k_padded, k_bytes, x2.stride(0), x2.stride(1),
-                          out.stride(0), GROUP=group_size, SPLIT_K=split, BLOCK_M=block_m,
-                          F32_DOT=x.dtype == torch.float32 or (INTERPRET and x.dtype == torch.bfloat16))
+        kernel = _dot_kernel_f32 if x.dtype == torch.float32 else _dot_kernel
+        kernel[grid](x2, codes, gains, lut, out, m, n, k_padded, k_bytes, x2.stride(0), x2.stride(1),
+                     out.stride(0), GROUP=group_size, SPLIT_K=split, BLOCK_M=block_m,
+                     F32_DOT=x.dtype == torch.float32 or (INTERPRET and x.dtype == torch.bfloat16))
     return out.to(x_rot.dtype)
 
 

@@ -25,10 +25,12 @@ def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
 def main() -> None:
     torch.manual_seed(0)
     errors = {}
-    # (N, K, group, batches, dtypes): K=576 and 1536 are SmolLM2's, K=100 pads to 128, N is odd
+    # (N, K, group, batches, dtypes): K=576 and 1536 are SmolLM2's, K=100 pads to 128, N is odd;
+    # group 128 is decoded in slices by the tiled kernel
     cases = ((97, 576, 64, (1, 17), (torch.float32, torch.bfloat16)),
              (33, 1536, 64, (3,), (torch.float16,)),
-             (33, 100, 32, (1, 17), (torch.bfloat16, torch.float16)))
+             (33, 100, 32, (1, 17), (torch.bfloat16, torch.float16)),
+             (19, 384, 128, (2, 17), (torch.float32,)))
     for n, k, group, batches, dtypes in cases:
         packed = quantize_weight(torch.randn(n, k), group, seed=1)
         k_padded = packed.layout.k_padded
@@ -54,16 +56,18 @@ def every_gpu_tile() -> dict:
     """Each tile the GPU may pick by autotuning, on its own (batch 1 for the GEMV, 17 for tl.dot)."""
     packed = quantize_weight(torch.randn(37, 576), 64, seed=2)
     errors = {}
-    for kernel, tiles, make, m in ((triton_matmul._gemv_kernel, triton_matmul.GEMV_TILES, triton_matmul.gemv_config, 1),
-                                   (triton_matmul._dot_kernel, triton_matmul.DOT_TILES, triton_matmul.dot_config, 17)):
+    for name, tiles, make, m, dtype in (("gemv", triton_matmul.GEMV_TILES, triton_matmul.gemv_config, 1, torch.float32),
+                                        ("dot", triton_matmul.DOT_TILES, triton_matmul.dot_config, 17, torch.bfloat16),
+                                        ("dot_f32", triton_matmul.DOT_TILES, triton_matmul.dot_config, 17, torch.float32)):
+        kernel = triton_matmul.AUTOTUNED[name]
         saved = kernel.configs
-        x = torch.randn(m, packed.layout.k_padded)
-        ref = reference.turbo_matmul(x, packed.codes, packed.gains, 64)
+        x = torch.randn(m, packed.layout.k_padded).to(dtype)
+        ref = reference.turbo_matmul(x.float(), packed.codes, packed.gains, 64)
         try:
             for tile in tiles:
                 kernel.configs = [make(*tile)]
                 got = triton_matmul.turbo_matmul(x, packed.codes, packed.gains, 64)
-                errors[f"tile {kernel.fn.__name__} {tile} float32"] = rel_err(got, ref)
+                errors[f"tile {name} {tile} {dtype}"] = rel_err(got, ref)
         finally:
             kernel.configs = saved
     return errors

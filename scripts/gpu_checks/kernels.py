@@ -108,12 +108,14 @@ def check_correctness(cases=FULL_CASES, with_module: bool = False) -> dict:
     torch.manual_seed(0)
     # one config per kernel: this checks the code over many shapes; the benchmarked shapes are
     # checked with their tuned configs in bench_matmul
-    saved = triton_matmul._gemv_kernel.configs, triton_matmul._dot_kernel.configs
-    triton_matmul._gemv_kernel.configs, triton_matmul._dot_kernel.configs = saved[0][:1], saved[1][:1]
+    saved = {name: kernel.configs for name, kernel in triton_matmul.AUTOTUNED.items()}
+    for name, kernel in triton_matmul.AUTOTUNED.items():
+        kernel.configs = saved[name][:1]
     try:
         checked = sum(1 for _ in _correctness_cases(worst, cases) if _time_left() > 0)
     finally:
-        triton_matmul._gemv_kernel.configs, triton_matmul._dot_kernel.configs = saved
+        for name, kernel in triton_matmul.AUTOTUNED.items():
+            kernel.configs = saved[name]
     ok = all(worst[key] < TOLERANCE.get(key, 1e-5) for key in worst)
     report = {"ok": ok, "cases": checked, "max_rel_err": {key: f"{v:.2e}" for key, v in worst.items()}}
     if with_module:
