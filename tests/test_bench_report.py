@@ -4,10 +4,12 @@ import csv
 import io
 import json
 import shlex
+import subprocess
 
 import pytest
 from typer.testing import CliRunner
 
+from localai.bench import report as report_module
 from localai.bench.compare import compare, parse_threshold, render_comparison
 from localai.bench.metrics import RequestTrace, summarize
 from localai.bench.report import OLDER_SCHEMA, SCHEMA, build_report, load_report, render
@@ -54,6 +56,18 @@ def test_json_report_schema():
                 "decode_throughput", "mean_ttft_ms", "median_tpot_ms", "p90_itl_ms", "p99_e2el_ms", "peak_memory_mb"):
         assert key in metrics
     assert "input + output" in report["units"]["total_token_throughput"]
+
+
+def test_an_installed_copy_reports_no_commit_even_inside_another_repository(tmp_path, monkeypatch):
+    project = tmp_path / "project"  # someone's clone, with a virtual environment inside it
+    installed = project / ".venv" / "lib" / "site-packages" / "localai" / "bench" / "report.py"
+    installed.parent.mkdir(parents=True)
+    installed.write_text("")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(project)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "x"], check=True)
+    monkeypatch.setattr(report_module, "__file__", str(installed))
+    assert report_module._git_commit() is None
 
 
 def test_table_md_csv_jsonl_render_the_same_rows():

@@ -36,9 +36,14 @@ COLUMNS = [
 
 
 def _git_commit() -> str | None:
-    here = Path(__file__).resolve().parent
+    """The commit of the checkout localai runs from; None for an installed copy, whose folder may sit
+    inside another repository (a virtual environment in a project's clone)."""
+    checkout = Path(__file__).resolve().parents[2]
+    if not (checkout / ".git").exists():  # a folder in a clone, a file in a worktree
+        return None
     try:
-        done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=checkout, capture_output=True, text=True,
+                              timeout=5)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return done.stdout.strip() or None
