@@ -2,6 +2,8 @@
 
 import json
 import math
+import os
+import stat
 
 import pytest
 
@@ -41,6 +43,21 @@ def test_quantize_data_free_summary(data_free):
     assert summary["size_after"] < summary["size_before"]
     assert "quantized model.layers.0.self_attn.q_proj [64x64]" in result.stderr  # a line per layer with -v
     assert json.loads((out / "config.json").read_text())["quantization_config"]["quant_method"] == "turboquant"
+
+
+def current_umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def test_the_checkpoint_has_the_modes_of_any_new_file(data_free):
+    out, _ = data_free
+    umask = current_umask()
+    modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in out.iterdir()}
+    assert "model.safetensors" in modes  # which safetensors writes owner-only
+    assert modes == dict.fromkeys(modes, 0o666 & ~umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~umask
 
 
 def test_quantize_with_calibration_file_prints_the_folder(tiny_llama, tmp_path, text_file):

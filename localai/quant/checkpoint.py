@@ -54,7 +54,11 @@ def output_staging(out: Path) -> Path:
 
 
 def publish(staging: Path, out: Path) -> Path:
-    """Rename the finished staging folder to `out` (an empty `out` is replaced)."""
+    """Rename the finished staging folder to `out` (an empty `out` is replaced), readable as any
+    new file is (safetensors writes its files owner-only)."""
+    from localai.store.home import share_like_umask
+
+    share_like_umask(staging)
     out = Path(out)
     if out.is_dir() and not any(out.iterdir()):
         out.rmdir()

@@ -157,7 +157,7 @@ def staged_model_dir(name: str) -> Iterator[Path]:
     staging = Path(tempfile.mkdtemp(dir=writable_models_dir(), prefix=_staging_prefix(final.name)))
     try:
         yield staging
-        _share_like_umask(staging)
+        share_like_umask(staging)
         try:
             os.rename(staging, final)
         except OSError:
@@ -168,8 +168,9 @@ def staged_model_dir(name: str) -> Iterator[Path]:
             shutil.rmtree(staging, ignore_errors=True)
 
 
-def _share_like_umask(folder: Path) -> None:
-    """mkdtemp and some writers create owner-only files; give the finished folder the usual modes."""
+def share_like_umask(folder: Path) -> None:
+    """mkdtemp and some writers (safetensors) create owner-only files; give the finished folder
+    the modes a new file or folder gets."""
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(folder, 0o777 & ~umask)
