@@ -155,3 +155,26 @@ def test_speak_loads_the_quantized_folder_as_4_bit(quantized, tmp_path, localai_
         assert "quantizing the Voxtral backbone" not in result.stderr
         audio, rate = soundfile.read(wav, dtype="float32")
         assert rate == 24000 and len(audio) > 0 and len(audio) % 1920 == 0
+
+
+def test_the_4_bit_model_at_the_released_dimensions_fits_its_gpu_budget(tiny_voxtral):
+    """Built on the meta device at Voxtral-4B-TTS's dimensions: what the 4-bit model keeps on the
+    GPU (everything but the text embeddings, which stay on the CPU) plus a full 4096-position
+    cache leaves room under issue 5's 3.5 GB for activations, the codec's work and CUDA graphs."""
+    from make_tiny_voxtral import real_params  # scripts/, on the path with the tiny_voxtral fixture
+    from localai.tts.voxtral.config import config_from_params
+    from localai.tts.voxtral.model import VoxtralModel
+    from localai.tts.voxtral.quantize import quantized_linears
+
+    config = config_from_params(real_params())
+    with torch.device("meta"):
+        model = VoxtralModel(config).to(torch.bfloat16)
+        for _, parent, name in quantized_linears(model):
+            linear = getattr(parent, name)
+            setattr(parent, name, TurboLinear(linear.in_features, linear.out_features, bias=linear.bias is not None))
+    on_gpu = sum(t.numel() * t.element_size() for name, t in [*model.named_parameters(), *model.named_buffers()]
+                 if not name.startswith("text_embeddings."))
+    backbone = config.backbone
+    cache = 4096 * backbone.n_layers * 2 * backbone.n_kv_heads * backbone.head_dim * 2  # bf16 keys and values
+    assert sum(p.numel() for p in model.text_embeddings.parameters()) * 2 > 0.7e9  # 16-bit, on the CPU
+    assert on_gpu < 2.4e9 and on_gpu + cache < 3.0e9, (on_gpu / 1e9, cache / 1e9)  # 2.22 and 0.44 GB
