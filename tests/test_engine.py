@@ -325,6 +325,38 @@ def test_fixed_shape_decode_pads_to_buckets_and_matches_the_eager_step(tiny_llam
     assert runner._fixed_step.sizes == [1, 2, 4, 5]
 
 
+@pytest.mark.parametrize("family", ["tiny_llama", "tiny_qwen3"])
+def test_the_compiled_step_reads_only_static_tensors_that_do_not_overlap(family, request):
+    """What --compile hands torch.compile (traced here on the CPU, in bf16 as on a GPU): besides tokens
+    and positions, only tensors marked static, none sharing memory with another. Overlapping inputs that
+    are written (the KV cache beside views of it) become synthetic bases, which lose every static mark:
+    the CUDA graphs of mode="reduce-overhead" are then skipped for mutated inputs."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = request.getfixturevalue(family)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).eval()
+    engine = Engine(model, AutoTokenizer.from_pretrained(folder))
+    runner = engine.runner
+    runner.decode_mode = "compile"
+    runner.allocate(2, 16)  # marks the static tensors (compiles nothing until the first step)
+    seen = []
+
+    def record(graph, inputs):
+        seen.append(inputs)
+        return graph.forward
+
+    tokens, start = torch.zeros(2, 1, dtype=torch.long), torch.full((2,), 15)
+    with torch.inference_mode():
+        torch.compile(runner._full_view_step, backend=record, dynamic=False)(tokens, start)
+    torch._dynamo.reset()
+    assert len(seen) == 1  # one graph: no break
+    weights = [x for x in seen[0] if isinstance(x, torch.Tensor) and x is not tokens and x is not start]
+    assert len(weights) == len(seen[0]) - 2
+    assert all(torch._dynamo.utils.get_static_address_type(x) is not None for x in weights)
+    spans = sorted((x.data_ptr(), x.data_ptr() + x.nbytes) for x in weights)
+    assert all(end <= begin for (_, end), (begin, _) in zip(spans, spans[1:])), "inputs overlap in memory"
+
+
 def test_a_step_that_cannot_be_replayed_falls_back_to_eager_decoding(tiny_llama):
     engine = Engine(*load(tiny_llama))
     expected = generate_batch(engine, fixed_length(engine, PROMPTS[:2], 6), batch_size=2)

@@ -279,7 +279,7 @@ class LeanModel:
         """Every tensor a forward reads that the engine owns (for marking static addresses)."""
         owned = [t for p in self.projections() for t in p.tensors()]
         if self.cache is not None:
-            owned += [self.cache.keys, self.cache.values, self.cos, self.sin_signed]
+            owned += self.cache.tensors() + [self.cos, self.sin_signed]
         return owned
 
     def packed_bytes(self) -> int:

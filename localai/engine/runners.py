@@ -42,9 +42,10 @@ class LeanRunner:
         if self.decode_mode == "graphs":
             self._fixed_step = GraphDecoder(self._full_view_step, slots, max_ctx, self.model.device)
         elif self.decode_mode == "compile":
+            # views too: a static address belongs to a tensor, not to its storage, and every input
+            # that is not static is copied into the CUDA graph's own buffer before each replay
             for tensor in self.model.tensors() + self.hf_tensors:
-                if tensor._base is None:  # views share their base's (static) storage
-                    torch._dynamo.mark_static_address(tensor)
+                torch._dynamo.mark_static_address(tensor)
             torch._dynamo.reset()
             compiled = torch.compile(self._full_view_step, mode="reduce-overhead", dynamic=False)
             self._fixed_step = PaddedStep(compiled, slots, max_ctx)
