@@ -97,7 +97,7 @@ def _gpu_checks(index: int) -> list[Check]:
     detail = (f"{props.name}, compute capability {props.major}.{props.minor}, "
               f"{free / gib:.1f} GiB free of {total / gib:.1f} GiB")
     with torch.cuda.device(index):
-        bf16 = torch.cuda.is_bf16_supported()
+        bf16 = torch.cuda.is_bf16_supported(including_emulation=False)  # emulated bf16 is no support
     bf16_check = ok(f"gpu{index} bf16", "supported") if bf16 else missing(
         f"gpu{index} bf16", "not supported (compute capability below 8.0)", "Models run in float16 on this GPU")
     return [ok(f"gpu{index}", detail), bf16_check]

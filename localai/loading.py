@@ -68,7 +68,9 @@ def pick_dtype(device: str, dtype: Optional[str] = None):
 
     if dtype in (None, "auto"):
         if device.startswith("cuda"):
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            # native bf16 only (compute capability 8.0+): torch reports a Turing card (RTX 20xx) as
+            # supporting bf16 through emulation, which has no tensor cores and no bf16 Triton dots
+            return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
         return torch.float32
     if isinstance(dtype, torch.dtype):
         return dtype
