@@ -167,6 +167,29 @@ def _load(folder):
     return model, AutoTokenizer.from_pretrained(folder)
 
 
+def test_the_gptq_column_loop_builds_no_tensors_from_python_numbers():
+    """On a GPU a tensor made from Python numbers is a blocking host-to-device copy: the loops over
+    thousands of columns must reuse their constant tables, not rebuild them per column or group."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class CountNewTensors(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten.lift_fresh.default:  # torch.tensor(python data)
+                self.count += 1
+            return func(*args, **(kwargs or {}))
+
+    counts = []
+    for k in (64, 128, 512):  # the first fills what is built once per device
+        w, x = torch.randn(8, k), torch.randn(256, k)
+        with CountNewTensors() as counter:
+            codes, gains = gptq.gptq_codes(w, x.T @ x, 32)
+            gptq.refine_codes(w, x.T @ x, codes, gains, 32)
+        counts.append(counter.count)
+    assert counts[1] == counts[2] <= 2
+
+
 def test_input_groups_follow_the_llama_block(tiny_llama):
     model, tokenizer = _load(tiny_llama)
     layers = calibrate.decoder_layers(model)

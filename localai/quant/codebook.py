@@ -7,6 +7,8 @@ fixed 16-level codebook, scaled per group by a least-squares gain, is near-optim
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from localai.kernels.codebook import LEVELS_4BIT  # Lloyd-Max levels for N(0, 1), MSE 0.00950
@@ -18,15 +20,23 @@ BOUNDARIES_4BIT = (
 )
 
 
+@functools.lru_cache(maxsize=None)
+def _table(values: tuple[float, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """`values` as a tensor on `device`, built once. On a GPU a tensor made from Python numbers is a
+    blocking host-to-device copy, which the quantizers' per-column loops would wait on thousands of
+    times per layer. Shared: never modified in place."""
+    with torch.inference_mode(False):  # usable outside inference mode too
+        return torch.tensor(values, device=device, dtype=dtype)
+
+
 def codebook(device=None, dtype=torch.float32) -> torch.Tensor:
-    """The 16 levels as a tensor: [16]."""
-    return torch.tensor(LEVELS_4BIT, device=device, dtype=dtype)
+    """The 16 levels as a tensor: [16] (a shared constant: do not modify it in place)."""
+    return _table(LEVELS_4BIT, torch.device(device or "cpu"), dtype)
 
 
 def nearest_code(x: torch.Tensor) -> torch.Tensor:
     """Index of the nearest level for each element of x (already divided by its scale): uint8, same shape."""
-    bounds = torch.tensor(BOUNDARIES_4BIT, device=x.device, dtype=x.dtype)
-    return torch.bucketize(x, bounds).to(torch.uint8)
+    return torch.bucketize(x, _table(BOUNDARIES_4BIT, x.device, x.dtype)).to(torch.uint8)
 
 
 def pack_codes(codes: torch.Tensor) -> torch.Tensor:
