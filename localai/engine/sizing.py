@@ -155,8 +155,9 @@ def memory_info(device: str) -> tuple[int, int]:
     if device.startswith("cuda"):
         import torch
 
-        free, total = torch.cuda.mem_get_info()
-        cached = torch.cuda.memory_reserved() - torch.cuda.memory_allocated()
+        # the engine's own GPU, which is not the current one for a model placed on cuda:1 by hand
+        free, total = torch.cuda.mem_get_info(device)
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
         return free + cached, total
     info = {}
     with open("/proc/meminfo") as meminfo:
@@ -185,5 +186,5 @@ def peak_memory(device: str) -> int:
     if device.startswith("cuda"):
         import torch
 
-        return torch.cuda.max_memory_allocated()
+        return torch.cuda.max_memory_allocated(device)
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
