@@ -120,7 +120,9 @@ def decode_speed(model, tokenizer, new_tokens: int = 64) -> DecodeSpeed:
     """Greedy decoding speed at batch 1 through the engine: new tokens after the first, per second.
 
     EOS is ignored so every run decodes exactly `new_tokens`; one short run first warms the
-    kernels. The engine takes the model's weights over, so score perplexity before this.
+    kernels. Both runs share one memory plan: a new plan allocates a new cache, and on a GPU
+    the decode step is then captured again, inside the timed run. The engine takes the
+    model's weights over, so score perplexity before this.
     """
     from localai.engine.api import Engine, generate_batch
     from localai.engine.request import SamplingParams
@@ -129,11 +131,16 @@ def decode_speed(model, tokenizer, new_tokens: int = 64) -> DecodeSpeed:
         raise LocalaiError(f"speed needs at least 2 new tokens, got {new_tokens}", "use --speed-tokens 2 or more")
     engine = Engine(model, tokenizer)
 
-    def run(count: int):
+    def request(count: int):
         params = SamplingParams(max_new_tokens=count, min_new_tokens=count)
-        return generate_batch(engine, [engine.request(SPEED_PROMPT, chat=False, params=params)], batch_size=1)[0]
+        return engine.request(SPEED_PROMPT, chat=False, params=params)
 
-    run(8)
+    plan = engine.plan_for([request(new_tokens)], batch_size=1)
+
+    def run(count: int):
+        return generate_batch(engine, [request(count)], plan=plan)[0]
+
+    run(min(8, new_tokens))
     result = run(new_tokens)
     decoded = len(result.token_ids) - 1
     seconds = result.elapsed - result.time_to_first_token

@@ -429,3 +429,20 @@ def test_a_cpu_plan_keeps_room_for_the_packed_copy_of_a_tied_head(family, tied, 
     assert plan.model_bytes == engine.model_bytes + extra
     engine.prepare(plan)  # batch 8: packs; the plan left room for what that added
     assert engine.runner.weight_bytes() >= extra and engine.runner.packing_bytes() == 0
+
+
+def test_decode_speed_times_its_run_on_the_cache_the_warm_up_used(tiny_llama, monkeypatch):
+    """A new cache means, on a GPU, capturing the decode step again: that must not happen inside the timed run."""
+    from localai.engine.runners import LeanRunner
+    from localai.evaluate import decode_speed
+
+    allocations = []
+    allocate = LeanRunner.allocate
+
+    def counted(self, slots, max_ctx):
+        allocations.append((slots, max_ctx))
+        allocate(self, slots, max_ctx)
+
+    monkeypatch.setattr(LeanRunner, "allocate", counted)
+    speed = decode_speed(*load(tiny_llama), new_tokens=12)
+    assert speed.tokens == 11 and len(allocations) == 1
