@@ -192,7 +192,8 @@ def _dot_body(x2_ptr, codes_ptr, gains_ptr, lut_ptr, out_ptr, M, N, K, KB, strid
             acc = tl.dot(x_even, tl.trans(w_even), acc)
             acc = tl.dot(x_odd, tl.trans(w_odd), acc)
         byte = byte_next
-    out = out_ptr + rows_m[:, None] * stride_om + rows_n[None, :]
+    # int64: M * N passes 2^31 for a quantized head over long windows (eval: 3 x 8192 tokens x 128256)
+    out = out_ptr + rows_m[:, None].to(tl.int64) * stride_om + rows_n[None, :]
     out_ok = m_ok[:, None] & n_ok[None, :]
     if SPLIT_K == 1:
         tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=out_ok)
