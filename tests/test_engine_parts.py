@@ -30,6 +30,27 @@ def test_greedy_picks_the_argmax_and_masks_eos_until_min_new_tokens():
     assert pick_tokens(logits, [row(SamplingParams()), row(SamplingParams())], eos_ids=[0]) == [1, 0]
 
 
+def test_end_of_sequence_is_masked_for_the_whole_batch_in_one_write():
+    """On a GPU every indexed write first copies its indices there and waits for the copy: one per step,
+    not one per row (a benchmark masks EOS in every row at every step)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class CountWrites(TorchDispatchMode):
+        writes = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func in (torch.ops.aten.index_put_.default, torch.ops.aten.index_put.default):
+                self.writes += 1
+            return func(*args, **(kwargs or {}))
+
+    logits = torch.tensor([[0.0, 5.0, 1.0, 9.0]] * 8)
+    rows = [row(SamplingParams(min_new_tokens=2 if b % 4 else 0)) for b in range(8)]
+    with CountWrites() as counter:
+        tokens = pick_tokens(logits.to(torch.bfloat16), rows, eos_ids=frozenset({3, 1}))
+    assert tokens == [3, 2, 2, 2, 3, 2, 2, 2] and counter.writes == 1
+    assert logits[0, 3] == 9.0  # the caller's logits are untouched
+
+
 def test_a_temperature_too_small_to_divide_by_is_greedy():
     logits = torch.tensor([[0.0, 50.0, 49.0]])
     assert pick_tokens(logits, [row(SamplingParams(temperature=1e-39))], eos_ids=[]) == [1]

@@ -46,17 +46,16 @@ def warp(row: torch.Tensor, params: SamplingParams) -> torch.Tensor:
 
 def pick_tokens(logits: torch.Tensor, rows: Sequence, eos_ids: Sequence[int]) -> list[int]:
     """logits: [B, V]; rows[b] has .params, .ids (prompt + generated so far), .generated, .generator."""
-    edits = any(row.params.repetition_penalty != 1.0 or len(row.generated) < row.params.min_new_tokens
-                for row in rows)
-    logits = logits.float()
-    if edits and logits.dtype == torch.float32:
-        logits = logits.clone()  # never change the caller's tensor
-    for b, row in enumerate(rows):
-        params = row.params
-        if eos_ids and len(row.generated) < params.min_new_tokens:
-            logits[b, list(eos_ids)] = float("-inf")
-        if params.repetition_penalty != 1.0:
-            apply_repetition_penalty(logits[b], row.ids, params.repetition_penalty)
+    early = [b for b, row in enumerate(rows) if len(row.generated) < row.params.min_new_tokens] if eos_ids else []
+    penalized = [b for b, row in enumerate(rows) if row.params.repetition_penalty != 1.0]
+    floats = logits.float()  # a copy already, unless the logits are float32
+    if (early or penalized) and floats is logits:
+        floats = floats.clone()  # never change the caller's tensor
+    logits = floats
+    if early:  # one write for all rows: on a GPU each indexed write waits for its indices to be copied there
+        logits[torch.tensor(early)[:, None], torch.tensor(sorted(set(eos_ids)))] = float("-inf")
+    for b in penalized:
+        apply_repetition_penalty(logits[b], rows[b].ids, rows[b].params.repetition_penalty)
     tokens = logits.argmax(-1).tolist()  # greedy for every row, replaced below where sampling
     for b, row in enumerate(rows):
         if not row.params.greedy:
