@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 
 import torch
 import triton
@@ -29,6 +30,10 @@ import triton.language as tl
 from localai.kernels.codebook import LEVELS_4BIT
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+# Triton's autotuner keeps the arguments of the call it is tuning on the shared kernel object:
+# a launch from another thread meanwhile (chat --speak decodes text and speech at once) would
+# swap them under it, so the autotuned launches take turns
+_AUTOTUNED_LAUNCH = threading.Lock()
 # activation rows up to this count use the GEMV kernel; more use the tiled tl.dot kernel
 GEMV_MAX_ROWS = 4
 # how activations travel as pair words: bf16 and fp16 pairs in int32, fp32 pairs in int64
@@ -258,8 +263,9 @@ def turbo_matmul(x_rot: torch.Tensor, codes: torch.Tensor, gains: torch.Tensor, 
         split = split_k or split_k_for(n, k_padded, group_size, 4, device_index)
         out = _output(m, n, split, x)
         grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), split, m)  # noqa: E731
-        _gemv_kernel[grid](words, codes, gains, lut, out, n, k_padded, k_bytes, words.stride(0), out.stride(0),
-                           GROUP=group_size, SPLIT_K=split, X_KIND=x_kind)
+        with _AUTOTUNED_LAUNCH:
+            _gemv_kernel[grid](words, codes, gains, lut, out, n, k_padded, k_bytes, words.stride(0), out.stride(0),
+                               GROUP=group_size, SPLIT_K=split, X_KIND=x_kind)
     else:
         x2 = x.view(m, k_bytes, 2).permute(2, 0, 1).contiguous()  # [2, M, Kp / 2]: even, odd columns
         block_m = 16 if m <= 16 else 32 if m <= 32 else 64
@@ -267,9 +273,10 @@ def turbo_matmul(x_rot: torch.Tensor, codes: torch.Tensor, gains: torch.Tensor, 
         out = _output(m, n, split, x)
         grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), triton.cdiv(m, block_m), split)  # noqa: E731
         kernel = _dot_kernel_f32 if x.dtype == torch.float32 else _dot_kernel
-        kernel[grid](x2, codes, gains, lut, out, m, n, k_padded, k_bytes, x2.stride(0), x2.stride(1),
-                     out.stride(0), GROUP=group_size, SPLIT_K=split, BLOCK_M=block_m,
-                     F32_DOT=x.dtype == torch.float32 or (INTERPRET and x.dtype == torch.bfloat16))
+        with _AUTOTUNED_LAUNCH:
+            kernel[grid](x2, codes, gains, lut, out, m, n, k_padded, k_bytes, x2.stride(0), x2.stride(1),
+                         out.stride(0), GROUP=group_size, SPLIT_K=split, BLOCK_M=block_m,
+                         F32_DOT=x.dtype == torch.float32 or (INTERPRET and x.dtype == torch.bfloat16))
     return out.to(x_rot.dtype)
 
 
