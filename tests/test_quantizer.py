@@ -302,6 +302,16 @@ def test_int4_round_to_nearest_runs_on_the_int4_kernel():
         baselines.int4_quantize(torch.randn(4, 96), 64)
 
 
+@pytest.mark.parametrize("capability, out_features, in_features, fits", [
+    ((8, 6), 1536, 576, True),  # RTX 30xx, SmolLM2's up projection
+    ((7, 5), 1536, 576, False),  # RTX 20xx: the kernel is built for sm_80 and newer
+    ((8, 9), 1540, 576, False),  # N % 8
+    ((9, 0), 1536, 592, False),  # K % 32
+])
+def test_the_cuda_int4_kernel_is_used_only_where_it_runs(capability, out_features, in_features, fits):
+    assert baselines.cuda_int4_kernel_fits(capability, out_features, in_features) is fits
+
+
 def test_int4_layer_follows_new_weights_and_keeps_its_format_through_casts():
     parts = [baselines.int4_quantize(torch.randn(48, 128), 64) for _ in range(2)]
     layer = baselines.Int4Linear(128, 48, 64)

@@ -50,11 +50,13 @@ def int4_dequantize(parts: dict[str, torch.Tensor], group_size: int) -> torch.Te
 
 def _inner_k_tiles(k: int) -> int:
     """Largest tile count torch's CUDA int4 layout accepts for this K (K % (16 * tiles) == 0)."""
-    for tiles in (8, 4, 2):
-        if k % (16 * tiles) == 0:
-            return tiles
-    raise LocalaiError(f"input size {k} is not a multiple of 32, which the CUDA int4 kernel needs",
-                       "use --method turboquant for this model")
+    return next(tiles for tiles in (8, 4, 2) if k % (16 * tiles) == 0)
+
+
+def cuda_int4_kernel_fits(capability: tuple[int, int], out_features: int, in_features: int) -> bool:
+    """Whether torch's CUDA int4 kernel takes this layer on a GPU of this compute capability: it is
+    built for sm_80 and newer (not RTX 20xx) and its layout needs N % 8 == 0 and K % 32 == 0."""
+    return capability >= (8, 0) and out_features % 8 == 0 and in_features % 32 == 0
 
 
 # torch's int4 kernels take bfloat16 activations (on the CPU, float32 ones run ~30x slower:
@@ -106,10 +108,18 @@ class Int4Linear(torch.nn.Module):
         self._packed = None
         return self
 
+    def _kernel_takes(self, x2: torch.Tensor) -> bool:
+        """torch's int4 kernel for these rows: on the CPU up to CPU_INT4_KERNEL_MAX_ROWS of them,
+        on CUDA where cuda_int4_kernel_fits."""
+        if x2.device.type == "cpu":
+            return x2.shape[0] <= CPU_INT4_KERNEL_MAX_ROWS
+        return cuda_int4_kernel_fits(torch.cuda.get_device_capability(x2.device), self.out_features,
+                                     self.in_features)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, self.in_features).contiguous()  # [M, K]
-        if x2.device.type == "cpu" and x2.shape[0] > CPU_INT4_KERNEL_MAX_ROWS:  # one dequantized layer, BLAS
+        if not self._kernel_takes(x2):  # one dequantized layer and a plain matmul
             parts = {"qweight": self.qweight, "scales": self.scales, "zeros": self.zeros}
             y = torch.nn.functional.linear(x2, int4_dequantize(parts, self.group_size).to(x2.dtype))
         else:
