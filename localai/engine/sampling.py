@@ -1,7 +1,9 @@
 """Next-token choice per row: greedy, temperature, top-k, top-p, min-p, repetition penalty.
 
 Each sampled request draws from its own seeded torch.Generator, exactly one draw per
-token, so its output does not depend on which other requests share the batch.
+token, so its random draws do not depend on which other requests share the batch. The logits
+they are drawn from can: matmul kernels pick their tiling (and, on a GPU, split-K sums added
+in any order) by the number of rows, so the last bits of a row's logits follow the batch size.
 """
 
 from __future__ import annotations
