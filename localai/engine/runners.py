@@ -16,6 +16,14 @@ from localai.engine.oom import is_out_of_memory
 from localai.errors import first_line
 
 
+def allow_recompiles(count: int) -> None:
+    """Let torch.compile keep `count` graphs of one function (one per batch bucket): past dynamo's
+    limit (8) the largest batches would run uncompiled."""
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"  # torch < 2.6
+    setattr(config, name, max(getattr(config, name), count))
+
+
 class LeanRunner:
     """The lean forward. decode_mode: "eager", "graphs" (CUDA graphs of the eager step) or "compile"
     (torch.compile with mode="reduce-overhead": fused kernels, replayed as CUDA graphs)."""
@@ -47,6 +55,7 @@ class LeanRunner:
             for tensor in self.model.tensors() + self.hf_tensors:
                 torch._dynamo.mark_static_address(tensor)
             torch._dynamo.reset()
+            allow_recompiles(len(buckets(slots)))
             compiled = torch.compile(self._full_view_step, mode="reduce-overhead", dynamic=False)
             self._fixed_step = PaddedStep(compiled, slots, max_ctx)
 
