@@ -12,8 +12,6 @@ from pathlib import Path
 from localai.errors import LocalaiError
 
 EVAL_CHARS = 400_000
-DEFAULT_WINDOWS = 40
-DEFAULT_CTX = 512
 # the standard corpus, looked up beside the project: <root>/../shared/data/wikitext-2-raw/wiki.test.raw
 WIKITEXT_PARTS = ("shared", "data", "wikitext-2-raw", "wiki.test.raw")
 

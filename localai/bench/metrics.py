@@ -19,10 +19,7 @@ import math
 import statistics
 from dataclasses import dataclass, field
 
-LATENCIES = ("ttft", "tpot", "itl", "e2el")
 PERCENTILES = (50, 90, 99)
-THROUGHPUTS = ("request_throughput", "output_throughput", "total_token_throughput",
-               "prefill_throughput", "decode_throughput")
 UNITS = {
     "request_throughput": "requests/s",
     "output_throughput": "output tokens/s",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 from localai.errors import LocalaiError
 
@@ -27,10 +27,6 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         return self.temperature < GREEDY_BELOW
-
-    @classmethod
-    def option_names(cls) -> set[str]:
-        return {f.name for f in fields(cls)}
 
     def __post_init__(self):
         if isinstance(self.stop, str):  # one stop string, not one per character
