@@ -91,14 +91,8 @@ class VoxtralConfig:
     acoustic_levels: int
     n_acoustic_codebook: int
     audio_token_id: int
-    begin_audio_token_id: int
     sampling_rate: int
-    frame_rate: float
     voices: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def n_codebooks(self) -> int:
-        return 1 + self.n_acoustic_codebook
 
     @property
     def samples_per_frame(self) -> int:
@@ -238,9 +232,7 @@ def config_from_params(params: dict) -> VoxtralConfig:
         codec=_parse_codec(codec_reader),
         semantic_codebook_size=semantic, acoustic_levels=levels, n_acoustic_codebook=n_acoustic,
         audio_token_id=int(audio.get("audio_token_id", 24)),
-        begin_audio_token_id=int(audio.get("begin_audio_token_id", 25)),
         sampling_rate=int(encoding.get("sampling_rate", codec_reader.get("sampling_rate", 24000))),
-        frame_rate=float(encoding.get("frame_rate", 12.5)),
         voices=dict(codec_reader.get("voice", {}, required=False)),
     )
 
