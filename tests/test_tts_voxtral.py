@@ -132,7 +132,7 @@ def test_pipeline_yields_24khz_audio_of_whole_frames(synthesizer):
     frames = list(synthesizer.frames("Hello from localai.", "casual_female"))
     assert 1 <= len(frames) <= 12
     assert all(f.shape == (37,) and 2 <= int(f[0]) < 2 + 64 and int(f[1:].min()) >= 2 for f in frames)
-    audio = synthesizer.synthesize("Hello from localai.", "casual_female")
+    audio = torch.cat(list(synthesizer.stream("Hello from localai.", "casual_female")))
     assert synthesizer.sample_rate == 24000
     assert audio.shape == (len(frames) * 1920,)
     assert torch.isfinite(audio).all() and audio.abs().max() > 0
@@ -156,7 +156,7 @@ def test_end_of_audio_code_stops_generation(tiny_voxtral):
         model.acoustic.semantic_codebook_output.weight.zero_()  # all logits tie: id 1 (end) is the first allowed
     synthesizer = VoxtralSynthesizer(model, load_tokenizer(tiny_voxtral), tiny_voxtral, max_frames=12)
     assert list(synthesizer.frames("Nothing to say.", "casual_female")) == []
-    assert synthesizer.synthesize("Nothing to say.", "casual_female").numel() == 0
+    assert list(synthesizer.stream("Nothing to say.", "casual_female")) == []
 
 
 def test_fixed_shape_frames_match_eager_frames(tiny_voxtral, monkeypatch):
@@ -246,4 +246,4 @@ def test_quantize_puts_backbone_and_head_linears_in_4_bit(tiny_voxtral):
     assert 0 < ((exact - approx).norm() / exact.norm()).item() < 0.3
     synthesizer = VoxtralSynthesizer(model, load_tokenizer(tiny_voxtral), tiny_voxtral, max_frames=6)
     frames = list(synthesizer.frames("Four bits.", "neutral_male"))
-    assert synthesizer.synthesize("Four bits.", "neutral_male").shape == (len(frames) * 1920,)
+    assert torch.cat(list(synthesizer.stream("Four bits.", "neutral_male"))).shape == (len(frames) * 1920,)

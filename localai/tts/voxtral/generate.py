@@ -18,7 +18,7 @@ from localai.errors import LocalaiError, first_line
 from localai.tts.voxtral.config import END_AUDIO
 from localai.tts.voxtral.frame_steps import FRAME_STEPS, EagerFrames
 from localai.tts.voxtral.loader import load_voice, usable_voices
-from localai.tts.voxtral.streaming import StreamingDecoder, decode_frames
+from localai.tts.voxtral.streaming import StreamingDecoder
 
 MAX_FRAMES = 2048  # 164 s of audio, the reference deployment's limit per request
 MAX_POSITIONS = 4096  # the reference deployment's context: prompt + frames
@@ -120,11 +120,3 @@ class VoxtralSynthesizer:
         tail = decoder.flush()
         if tail is not None:
             yield tail
-
-    @torch.inference_mode()
-    def synthesize(self, text: str, voice: str, seed: int = 0) -> torch.Tensor:
-        """All frames first, then one decode: [frames * 1920] float32."""
-        frames = list(self.frames(text, voice, seed))
-        if not frames:
-            return torch.zeros(0)
-        return decode_frames(self.model.codec, torch.stack(frames))
