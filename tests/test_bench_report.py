@@ -222,6 +222,7 @@ def _edited(edit) -> str:
     (None, "not found"), ("{oops", "is not JSON"), ('{"runs": []}', "not a localai bench report"),
     (_edited(lambda r: r.update(schema="localai.bench/9")), "not a localai bench report"),
     (_edited(lambda r: r.pop("environment")), "not a localai bench report"),
+    (_edited(lambda r: r.update(model=None)), "not a localai bench report"),
     (_edited(lambda r: r["runs"][0].pop("name")), "not a localai bench report"),
     (_edited(lambda r: r["runs"].append("x")), "not a localai bench report"),
     (_edited(lambda r: r["runs"][0]["metrics"].update(output_throughput="fast")), "not a localai bench report"),

@@ -220,6 +220,8 @@ def _has_report_shape(report) -> bool:
         return False
     if not all(isinstance(report.get(key), dict) for key in ("environment", "workload")):
         return False
+    if not isinstance(report.get("model", {}), dict):
+        return False
     runs = report.get("runs")
     if not isinstance(runs, list):
         return False
