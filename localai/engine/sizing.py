@@ -105,6 +105,11 @@ def mib(n: int) -> str:
     return f"{n / MIB:,.0f} MiB"
 
 
+def safety_margin(total_bytes: int, fraction: float = 0.10, minimum: int = 256 * MIB) -> int:
+    """Memory left free on a device for the allocator's fragmentation and what the estimates leave out."""
+    return max(minimum, int(fraction * total_bytes))
+
+
 def plan_memory(shape: ModelShape, *, device: str, available_bytes: int, total_bytes: int, model_bytes: int,
                 wanted_ctx: int, min_ctx: int, requests: int, batch_cap: int, prefill_tokens: int,
                 requested_batch: int | None = None, margin_fraction: float = 0.10,
@@ -117,7 +122,7 @@ def plan_memory(shape: ModelShape, *, device: str, available_bytes: int, total_b
     if ctx < min_ctx:
         raise LocalaiError(f"a context of {ctx} tokens cannot hold a {min_ctx - 1}-token prompt and its answer",
                            "allow a longer context or shorten the prompt")
-    margin = max(min_margin_bytes, int(margin_fraction * total_bytes))
+    margin = safety_margin(total_bytes, margin_fraction, min_margin_bytes)
     workspace = shape.workspace_bytes(prefill_tokens)
     budget = available_bytes - margin - workspace
     per_sequence = ctx * shape.kv_bytes_per_token + shape.logits_bytes_per_sequence()
