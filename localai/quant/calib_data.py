@@ -54,12 +54,13 @@ def _first_tokens(tokenizer, count: int, generator: torch.Generator) -> torch.Te
 
 
 def self_generated(model, tokenizer, tokens: int = DEFAULT_CALIB_TOKENS, seq_len: int = SEQ_LEN,
-                   seed: int = 0, on_batch=None):
-    """Sequences sampled from the model itself: [S, seq_len] ids; `on_batch(done, total)` reports progress."""
+                   seed: int = 0, on_batch=None, device=None):
+    """Sequences sampled from the model itself: [S, seq_len] ids; `on_batch(done, total)` reports progress.
+    `device` takes the prompts (default: where the model's first parameter is)."""
     count = _count(tokens, seq_len)
     generator = torch.Generator().manual_seed(seed)
     starts = _first_tokens(tokenizer, count, generator)
-    device = next(model.parameters()).device
+    device = device or next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     torch.manual_seed(seed)
     batches = []
