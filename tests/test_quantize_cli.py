@@ -82,6 +82,22 @@ def test_quantize_default_calibration_is_self_generated(tiny_qwen3, tmp_path):
     assert summary["calibration"].startswith("self-generated") and summary["calib_tokens"] == 512
 
 
+def test_running_out_of_memory_while_sampling_names_the_ways_around_it(tiny_qwen3, tmp_path, monkeypatch):
+    import torch
+
+    from localai.quant import calib_data
+
+    def beyond_any_memory(*args, **kwargs):
+        return torch.empty(1 << 62, dtype=torch.uint8)  # the allocator's own out-of-memory error
+
+    monkeypatch.setattr(calib_data, "self_generated", beyond_any_memory)
+    out = tmp_path / "tq-oom"
+    line = _one_line_error(invoke_on_cpu("quantize", tiny_qwen3, "-o", out, "--calib-tokens", 512))
+    assert line == ("error: out of memory on cpu while the model sampled its calibration text. Calibrate on a "
+                    "text file with --calib FILE (layer by layer, no sampling), or use --no-calib")
+    assert not out.exists()
+
+
 def test_eval_on_quantized_and_fp_models(data_free, tiny_llama, text_file):
     out, _ = data_free
     fp = invoke_on_cpu("eval", tiny_llama, "--text", text_file, "--windows", 2, "--ctx", 64, "--json")
