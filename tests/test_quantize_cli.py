@@ -82,19 +82,33 @@ def test_quantize_default_calibration_is_self_generated(tiny_qwen3, tmp_path):
     assert summary["calibration"].startswith("self-generated") and summary["calib_tokens"] == 512
 
 
-def test_running_out_of_memory_while_sampling_names_the_ways_around_it(tiny_qwen3, tmp_path, monkeypatch):
+def _beyond_any_memory(*args, **kwargs):
+    """A step that asks for more memory than any machine has: the allocator's own out-of-memory error."""
     import torch
 
+    return torch.empty(1 << 62, dtype=torch.uint8)
+
+
+def test_running_out_of_memory_while_sampling_names_the_ways_around_it(tiny_qwen3, tmp_path, monkeypatch):
     from localai.quant import calib_data
 
-    def beyond_any_memory(*args, **kwargs):
-        return torch.empty(1 << 62, dtype=torch.uint8)  # the allocator's own out-of-memory error
-
-    monkeypatch.setattr(calib_data, "self_generated", beyond_any_memory)
+    monkeypatch.setattr(calib_data, "self_generated", _beyond_any_memory)
     out = tmp_path / "tq-oom"
     line = _one_line_error(invoke_on_cpu("quantize", tiny_qwen3, "-o", out, "--calib-tokens", 512))
     assert line == ("error: out of memory on cpu while the model sampled its calibration text. Calibrate on a "
                     "text file with --calib FILE (layer by layer, no sampling), or use --no-calib")
+    assert not out.exists()
+
+
+def test_running_out_of_memory_in_the_layers_names_what_needs_less(tiny_llama, tmp_path, text_file, monkeypatch):
+    from localai.quant import calibrate
+
+    monkeypatch.setattr(calibrate, "quantize_calibrated", _beyond_any_memory)
+    out = tmp_path / "tq-oom"
+    line = _one_line_error(invoke_on_cpu("quantize", tiny_llama, "-o", out, "--calib", text_file,
+                                         "--calib-tokens", 1024))
+    assert line == ("error: out of memory on cpu while quantizing layer by layer. "
+                    "Use --no-calib (data-free, one weight at a time)")
     assert not out.exists()
 
 

@@ -189,13 +189,29 @@ def quantize(source: Path, out: Path, opts: QuantizeOptions, device: str = "cpu"
                 make_layout(linear.in_features, opts.group_size, spec.max_block)  # bad group size fails here
             ids, calibration = _calibration(model, tokenizer, opts, device, progress)
             report = (lambda r: on_layer(r.name, r.shape, r.rel_error)) if on_layer else None
-            if ids is None:
-                result = calibrate.quantize_data_free(model, spec, device, report)
-            else:
-                tokens = ids.numel()
-                result = calibrate.quantize_calibrated(model, ids, spec, device, report)
+            tokens = 0 if ids is None else ids.numel()
+            result = _turboquant_layers(model, ids, spec, device, report)
             save_quantized(model, tokenizer, result.packed, spec, out)
     return _summary(source, out, opts, targets, calibration, tokens, time.perf_counter() - start)
+
+
+def _turboquant_layers(model, ids, spec, device: str, report):
+    """TurboQuant of the model's linears, calibrated on `ids` or data-free (None); running out of
+    memory says what needs less."""
+    from localai.engine.oom import is_out_of_memory
+    from localai.quant import calibrate
+
+    try:
+        if ids is None:
+            return calibrate.quantize_data_free(model, spec, device, report)
+        return calibrate.quantize_calibrated(model, ids, spec, device, report)
+    except RuntimeError as exc:  # torch.OutOfMemoryError is one
+        if not is_out_of_memory(exc):
+            raise
+        ways = (["--no-calib (data-free, one weight at a time)"] if ids is not None else []) + (
+            ["--device cpu"] if device != "cpu" else [])
+        hint = f"use {' or '.join(ways)}" if ways else "close other programs to free memory"
+        raise LocalaiError(f"out of memory on {device} while quantizing layer by layer", hint) from exc
 
 
 def check_voxtral_options(opts: QuantizeOptions) -> None:
