@@ -357,16 +357,16 @@ def test_the_compiled_step_reads_only_static_tensors_that_do_not_overlap(family,
     assert all(end <= begin for (_, end), (begin, _) in zip(spans, spans[1:])), "inputs overlap in memory"
 
 
-def test_compile_keeps_a_graph_for_every_batch_bucket(tiny_llama, monkeypatch):
+def test_compile_keeps_a_graph_for_every_batch_bucket(tiny_llama):
     from localai.engine.graphs import buckets
 
     config = torch._dynamo.config
     name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
-    monkeypatch.setattr(config, name, 8)  # dynamo's default
     runner = Engine(*load(tiny_llama)).runner
     runner.decode_mode = "compile"
-    runner.allocate(300, 8)  # buckets 1, 2, 4, ..., 256, 300
-    assert len(buckets(300)) == 10 and getattr(config, name) == 10
+    with config.patch(**{name: 8}):  # dynamo's default; restored on exit
+        runner.allocate(300, 8)  # buckets 1, 2, 4, ..., 256, 300
+        assert len(buckets(300)) == 10 and getattr(config, name) == 10
     assert runner._fixed_step.sizes == buckets(300)
     torch._dynamo.reset()
 
