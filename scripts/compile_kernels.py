@@ -25,12 +25,16 @@ import re
 import subprocess
 import sys
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 os.environ.pop("TRITON_INTERPRET", None)  # the kernels must be defined for compilation
+# Triton 3.9 announces a coming change of default once per process; this compiles with the
+# default a GPU's first launch would use
+warnings.filterwarnings("ignore", message=".*TRITON_DEFAULT_FP_FUSION")
 
-# the cards localai is for (RTX 30, 40, 50) and the data-centre cards it is checked on
+# the cards localai is for (RTX 20 to 50) and the data-centre cards it is checked on
 ARCHS = {75: "RTX 20xx", 80: "A100", 86: "RTX 30xx", 89: "RTX 40xx", 90: "H100", 120: "RTX 50xx"}
 DEFAULT_ARCHS = (75, 86, 89, 90, 120)
 # the most shared memory one program may use (opt-in), bytes
@@ -40,15 +44,6 @@ BLOCKS = (32, 64, 128)
 DTYPES = ("bf16", "fp16", "fp32")
 # a weight shape that gives every argument the divisibility a real layer's gives (K = 4096)
 N, K = 4096, 4096
-
-
-class _LaunchDefaults:
-    """What a plain @triton.jit launch compiles with."""
-    kwargs: dict = {}
-    num_warps, num_stages = 4, 3
-
-
-_LAUNCH_DEFAULTS = _LaunchDefaults()
 
 
 @dataclass
@@ -104,6 +99,8 @@ def _specialize(kernel_fn, args: dict, constexprs: dict) -> tuple[dict, dict, di
 def variants(kernels: set[str], groups: tuple[int, ...], dtypes: tuple[str, ...] = DTYPES) -> list[Variant]:
     """Every (kernel, config) a GPU may compile: each config an autotuned kernel times (after its
     pruning), each activation dtype it serves, each group size, split-K on and off; each rotation block."""
+    import triton
+
     from localai.kernels import triton_matmul as tm
 
     found = []
@@ -141,7 +138,8 @@ def variants(kernels: set[str], groups: tuple[int, ...], dtypes: tuple[str, ...]
             args = dict(x_ptr=dtype, signs_ptr="fp32", out_ptr=dtype, K=K - 8, KP=K, stride_x=K - 8, stride_o=K,
                         scale=block ** -0.5)
             add("rotate", dict(block=block, x=dtype), args,
-                dict(BLOCK=block, LOG_BLOCK=block.bit_length() - 1, CHUNKS=chunks), _LAUNCH_DEFAULTS)
+                dict(BLOCK=block, LOG_BLOCK=block.bit_length() - 1, CHUNKS=chunks),
+                triton.Config({}, num_warps=4, num_stages=3))  # what a plain @triton.jit launch compiles with
     return found
 
 
