@@ -68,6 +68,15 @@ def _tune_bench(kernel_call, quantiles):
     return do_bench(kernel_call, warmup=3, rep=10, quantiles=quantiles)
 
 
+def _autotune(configs, key, **options):
+    """triton.autotune with short timing runs: through do_bench from Triton 3.3, through the
+    warmup/rep milliseconds before (Triton 3.2, which torch 2.6 brings, takes do_bench but does
+    not pass it on, and then asks for a GPU driver when the module is imported)."""
+    if tuple(int(part) for part in triton.__version__.split(".")[:2]) >= (3, 3):
+        return triton.autotune(configs=configs, key=key, do_bench=_tune_bench, **options)
+    return triton.autotune(configs=configs, key=key, warmup=3, rep=10, **options)
+
+
 # (BLOCK_N, BLOCK_G, num_warps) the GEMV autotunes over on a GPU. (4, 8) and (2, 8): longer K
 # steps keep more bytes in flight per warp, which a small matrix needs to approach the memory
 # bandwidth (all of its programs are resident at once)
@@ -106,8 +115,8 @@ def _prune_gemv(configs, named_args, **kwargs):
     return gemv_configs_for(configs, kwargs.get("GROUP") or named_args["GROUP"])
 
 
-@triton.autotune(configs=_gemv_configs(), key=["N", "K", "GROUP"], reset_to_zero=["out_ptr"],
-                  prune_configs_by={"early_config_prune": _prune_gemv}, do_bench=_tune_bench)
+@_autotune(_gemv_configs(), ["N", "K", "GROUP"], reset_to_zero=["out_ptr"],
+           prune_configs_by={"early_config_prune": _prune_gemv})
 @triton.jit
 def _gemv_kernel(xw_ptr, codes_ptr, gains_ptr, lut_ptr, out_ptr, N, K, KB, stride_xm, stride_om,
                  GROUP: tl.constexpr, SPLIT_K: tl.constexpr, X_KIND: tl.constexpr,
@@ -207,8 +216,7 @@ def _dot_body(x2_ptr, codes_ptr, gains_ptr, lut_ptr, out_ptr, M, N, K, KB, strid
 
 
 def _autotuned_dot(configs):
-    return triton.autotune(configs=configs, key=["N", "K", "GROUP", "BLOCK_M"], reset_to_zero=["out_ptr"],
-                           do_bench=_tune_bench)(_dot_body)
+    return _autotune(configs, ["N", "K", "GROUP", "BLOCK_M"], reset_to_zero=["out_ptr"])(_dot_body)
 
 
 _dot_kernel = _autotuned_dot(_dot_configs())
