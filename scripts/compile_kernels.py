@@ -166,14 +166,29 @@ def global_loads(ptx: str) -> dict:
     return {"vector_loads": sum(1 for vector in loads if vector), "scalar_loads": sum(1 for vector in loads if not vector)}
 
 
+def _source(variant: Variant):
+    """Triton's compiler input for the variant, in the form the installed Triton takes."""
+    from triton.compiler import ASTSource
+
+    try:
+        return ASTSource(fn=variant.fn, signature=variant.signature, constexprs=variant.constants, attrs=variant.attrs)
+    except TypeError:  # Triton 3.2 (torch 2.6): every non-constexpr argument typed, attributes as hints
+        from triton.compiler.compiler import AttrsDescriptor
+
+        params = [param for param in variant.fn.params if not param.is_constexpr]
+        ones = {param.num for param in params if variant.signature[param.name] == "constexpr"}
+        signature = {param.name: "i32" if param.num in ones else variant.signature[param.name] for param in params}
+        hints = {**{index: 16 for (index,) in variant.attrs}, **{index: 1 for index in ones}}
+        return ASTSource(variant.fn, signature, variant.constants, AttrsDescriptor.from_hints(hints))
+
+
 def compile_variant(variant: Variant, arch: int) -> dict:
     """Compile one variant for sm_<arch>: its resources; "error" when it does not compile,
     "warning" when it spills or needs more shared memory than the card has."""
     import triton
     from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
 
-    source = ASTSource(fn=variant.fn, signature=variant.signature, constexprs=variant.constants, attrs=variant.attrs)
+    source = _source(variant)
     try:
         compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=variant.options)
     except Exception as exc:  # report the variant that does not compile, go on with the rest
