@@ -8,10 +8,9 @@ fits, the context shrinks until one does.
 
 from __future__ import annotations
 
-import os
-import resource
 from dataclasses import dataclass
 
+from localai import host
 from localai.engine.kv_cache import kv_bytes_per_token
 from localai.errors import LocalaiError
 
@@ -156,7 +155,7 @@ def plan_memory(shape: ModelShape, *, device: str, available_bytes: int, total_b
 
 # --- what the machine has ------------------------------------------------------------------
 def memory_info(device: str) -> tuple[int, int]:
-    """(available, total) bytes on the device: free GPU memory, or MemAvailable of the host."""
+    """(available, total) bytes on the device: free GPU memory, or the host's available memory."""
     if device.startswith("cuda"):
         import torch
 
@@ -164,13 +163,7 @@ def memory_info(device: str) -> tuple[int, int]:
         free, total = torch.cuda.mem_get_info(device)
         cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
         return free + cached, total
-    info = {}
-    with open("/proc/meminfo") as meminfo:
-        for line in meminfo:
-            key, value = line.split(":", 1)
-            info[key] = int(value.split()[0]) * 1024
-    total = info.get("MemTotal", os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-    return info.get("MemAvailable", total // 2), total
+    return host.memory()
 
 
 def tensor_bytes(module) -> int:
@@ -192,4 +185,4 @@ def peak_memory(device: str) -> int:
         import torch
 
         return torch.cuda.max_memory_allocated(device)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return host.peak_rss()

@@ -1,0 +1,94 @@
+"""What the host has (memory, peak resident set, usable cores) on Linux, and the macOS and Windows branches."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from types import SimpleNamespace
+
+import pytest
+
+from localai import host
+from localai.engine import sizing
+
+MIB = 1 << 20
+LINUX = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads Linux's /proc and getrusage")
+
+
+def proc_meminfo() -> dict[str, int]:
+    """/proc/meminfo in bytes, the way memory_info used to read it."""
+    info = {}
+    with open("/proc/meminfo") as meminfo:
+        for line in meminfo:
+            key, value = line.split(":", 1)
+            info[key] = int(value.split()[0]) * 1024
+    return info
+
+
+@LINUX
+def test_host_memory_on_linux_is_memavailable_and_memtotal():
+    before = proc_meminfo()
+    available, total = sizing.memory_info("cpu")
+    after = proc_meminfo()
+    assert total == before["MemTotal"] == after["MemTotal"]
+    # MemAvailable moves as other processes run: it lies between two readings around ours (plus slack)
+    low, high = sorted((before["MemAvailable"], after["MemAvailable"]))
+    assert low - 64 * MIB <= available <= high + 64 * MIB
+
+
+@LINUX
+def test_peak_resident_set_on_linux_is_ru_maxrss_in_kib():
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = sizing.peak_memory("cpu")
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    assert before <= peak <= after
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="no getrusage")
+def test_peak_resident_set_on_macos_is_ru_maxrss_in_bytes(monkeypatch):
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    monkeypatch.setattr(sys, "platform", "darwin")
+    peak = host.peak_rss()
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    assert before <= peak <= after  # taken as it comes: macOS counts bytes
+
+
+def test_peak_resident_set_on_windows_is_the_peak_working_set(monkeypatch):
+    # Windows has no getrusage: the branch must not touch `resource`, and psutil's Windows-only field is faked
+    monkeypatch.setattr(sys, "platform", "win32")
+    monkeypatch.setitem(sys.modules, "resource", None)
+    monkeypatch.setattr(host.psutil, "Process", lambda: SimpleNamespace(
+        memory_info=lambda: SimpleNamespace(rss=100 * MIB, peak_wset=300 * MIB)))
+    assert host.peak_rss() == sizing.peak_memory("cpu") == 300 * MIB
+
+
+def test_usable_cores_are_the_affinity_where_there_is_one_else_all(monkeypatch):
+    if hasattr(os, "sched_getaffinity"):
+        assert host.usable_cores() == sorted(os.sched_getaffinity(0))
+        monkeypatch.delattr(os, "sched_getaffinity")  # as on macOS and Windows
+    monkeypatch.setattr(os, "cpu_count", lambda: 6)
+    assert host.usable_cores() == [0, 1, 2, 3, 4, 5]
+    monkeypatch.setattr(os, "cpu_count", lambda: None)  # "undeterminable"
+    assert host.usable_cores() == [0]
+
+
+def test_sizing_imports_where_there_is_no_resource_module():
+    """Windows has no `resource`: generate, chat, eval and bench import sizing."""
+    code = textwrap.dedent("""
+        import sys
+        import psutil  # first: its Linux backend needs `resource` (its Windows backend does not)
+        sys.modules["resource"] = None  # `import resource` now raises ImportError
+        import localai.engine.sizing
+        available, total = localai.engine.sizing.memory_info("cpu")
+        assert 0 < available <= total, (available, total)
+        print("ok")
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "ok"
