@@ -68,6 +68,31 @@ def test_peak_resident_set_on_windows_is_the_peak_working_set(monkeypatch):
     assert host.peak_rss() == sizing.peak_memory("cpu") == 300 * MIB
 
 
+@LINUX
+def test_the_bench_worker_reports_the_same_peak_as_before_on_linux():
+    import resource
+
+    from localai.bench.worker import peak_memory_mb
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # what it computed itself: KiB / 1024
+    peak = peak_memory_mb("cpu")
+    assert before <= peak <= resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def test_a_bench_worker_without_an_affinity_call_still_limits_its_threads(monkeypatch):
+    from localai.bench.worker import pin_cores
+
+    for name in THREAD_VARIABLES:
+        monkeypatch.setenv(name, "99")  # restored after the test
+    if hasattr(os, "sched_setaffinity"):
+        monkeypatch.delattr(os, "sched_setaffinity")  # as on macOS and Windows
+    pin_cores([0, 1])
+    assert [os.environ[name] for name in THREAD_VARIABLES] == ["2", "2", "2"]
+
+
 def test_usable_cores_are_the_affinity_where_there_is_one_else_all(monkeypatch):
     if hasattr(os, "sched_getaffinity"):
         assert host.usable_cores() == sorted(os.sched_getaffinity(0))
@@ -78,13 +103,13 @@ def test_usable_cores_are_the_affinity_where_there_is_one_else_all(monkeypatch):
     assert host.usable_cores() == [0]
 
 
-def test_sizing_imports_where_there_is_no_resource_module():
-    """Windows has no `resource`: generate, chat, eval and bench import sizing."""
+def test_sizing_and_the_bench_worker_import_where_there_is_no_resource_module():
+    """Windows has no `resource`: generate, chat, eval and bench import these modules."""
     code = textwrap.dedent("""
         import sys
         import psutil  # first: its Linux backend needs `resource` (its Windows backend does not)
         sys.modules["resource"] = None  # `import resource` now raises ImportError
-        import localai.engine.sizing
+        import localai.engine.sizing, localai.bench.worker
         available, total = localai.engine.sizing.memory_info("cpu")
         assert 0 < available <= total, (available, total)
         print("ok")
@@ -92,3 +117,16 @@ def test_sizing_imports_where_there_is_no_resource_module():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "ok"
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no affinity call")
+def test_a_bench_worker_pins_itself_where_there_is_an_affinity_call(monkeypatch):
+    from localai.bench.worker import pin_cores
+
+    for name in THREAD_VARIABLES:
+        monkeypatch.setenv(name, "99")
+    cores = sorted(os.sched_getaffinity(0))
+    chosen = []
+    monkeypatch.setattr(os, "sched_setaffinity", lambda pid, wanted: chosen.append((pid, list(wanted))))
+    pin_cores(cores[:1])
+    assert chosen == [(0, cores[:1])] and os.environ["OMP_NUM_THREADS"] == "1"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import sys
 from dataclasses import asdict, dataclass
 
@@ -37,20 +36,20 @@ class WorkerSpec:
 
 
 def pin_cores(cores: list[int] | None) -> None:
-    """Restrict this process and its math libraries to `cores` (before torch starts threads)."""
+    """Restrict this process and its math libraries to `cores` (before torch starts threads). Where the
+    OS has no affinity call (macOS, Windows) only the number of threads is limited."""
     if not cores:
         return
-    os.sched_setaffinity(0, cores)
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, cores)
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[name] = str(len(cores))
 
 
 def peak_memory_mb(device: str) -> float:
-    import torch
+    from localai.engine.sizing import MIB, peak_memory  # imports torch: not before pin_cores
 
-    if device == "cuda":
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    return peak_memory(device) / MIB
 
 
 def build_engine(spec: WorkerSpec):
