@@ -14,9 +14,10 @@ from typer.testing import CliRunner
 from localai.bench.tp import check_shardable, even_ranges
 from localai.cli import app
 from localai.errors import LocalaiError
+from localai.host import usable_cores
 
 runner = CliRunner()
-TWO_CORES = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPU cores")
+TWO_CORES = pytest.mark.skipif(len(usable_cores()) < 2, reason="needs two CPU cores")
 SMALL = ["--input-len", "8", "--output-len", "5", "--warmup", "1"]
 SMALL_FROM_FILE = SMALL[2:]  # a prompts file sets its own input lengths
 
@@ -83,7 +84,7 @@ def test_compare_with_scaling_reports_both_modes_in_every_format(tiny_llama, mon
 
     fake_worker = Path(__file__).with_name("fake_bench_worker.py")
     monkeypatch.setattr(launcher, "WORKER_COMMAND", [sys.executable, str(fake_worker)])
-    monkeypatch.setattr(dp, "cpu_cores", lambda: [0, 1])
+    monkeypatch.setattr(dp, "usable_cores", lambda: [0, 1])
 
     def report_as(fmt: str) -> str:
         result = bench(tiny_llama, "--compare", "dp,tp", "--scaling", "--num-requests", 4, *SMALL, "--format", fmt)

@@ -109,7 +109,7 @@ def test_sizing_and_the_bench_worker_import_where_there_is_no_resource_module():
         import sys
         import psutil  # first: its Linux backend needs `resource` (its Windows backend does not)
         sys.modules["resource"] = None  # `import resource` now raises ImportError
-        import localai.engine.sizing, localai.bench.worker
+        import localai.engine.sizing, localai.bench.worker, localai.bench.dp, localai.bench.report
         available, total = localai.engine.sizing.memory_info("cpu")
         assert 0 < available <= total, (available, total)
         print("ok")
@@ -130,3 +130,14 @@ def test_a_bench_worker_pins_itself_where_there_is_an_affinity_call(monkeypatch)
     monkeypatch.setattr(os, "sched_setaffinity", lambda pid, wanted: chosen.append((pid, list(wanted))))
     pin_cores(cores[:1])
     assert chosen == [(0, cores[:1])] and os.environ["OMP_NUM_THREADS"] == "1"
+
+
+def test_cpu_replicas_and_the_bench_report_use_all_cores_where_there_is_no_affinity(monkeypatch):
+    from localai.bench import dp, report
+
+    if hasattr(os, "sched_getaffinity"):
+        monkeypatch.delattr(os, "sched_getaffinity")  # as on macOS and Windows
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    places = dp.placements(2, "cpu")
+    assert [(p.label, p.cores) for p in places] == [("cpu cores 0-1", [0, 1]), ("cpu cores 2-3", [2, 3])]
+    assert report.environment("cpu")["usable_cores"] == 4

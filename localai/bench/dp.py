@@ -2,7 +2,8 @@
 
 On CUDA each replica sees one GPU through `CUDA_VISIBLE_DEVICES`. On CPU the cores this
 process may use are divided between the replicas (`os.sched_setaffinity` plus
-`torch.set_num_threads` in each worker). Requests are split evenly; all replicas start
+`torch.set_num_threads` in each worker; where the OS has no affinity call, macOS and
+Windows, only the thread counts are divided and the OS places the threads). Requests are split evenly; all replicas start
 together after load and warm-up, and the aggregate throughput counts all tokens over
 (last finish - first start).
 """
@@ -16,6 +17,7 @@ from localai.bench.launcher import WorkerRun, launch
 from localai.bench.worker import WorkerSpec
 from localai.bench.workload import Workload, split
 from localai.errors import LocalaiError
+from localai.host import usable_cores
 
 
 @dataclass
@@ -37,10 +39,6 @@ def visible_gpus() -> list[str]:
     return [item.strip() for item in listed.split(",") if item.strip()][:count]
 
 
-def cpu_cores() -> list[int]:
-    return sorted(os.sched_getaffinity(0))
-
-
 def _core_label(cores: list[int]) -> str:
     return f"cpu core {cores[0]}" if len(cores) == 1 else f"cpu cores {cores[0]}-{cores[-1]}"
 
@@ -55,7 +53,7 @@ def placements(n: int, device: str, flag: str = "--dp") -> list[Placement]:
             raise LocalaiError(f"{flag} {n} needs {n} GPUs but {len(gpus)} are visible",
                                f"use {flag} {len(gpus)} or less, or --device cpu")
         return [Placement("cuda", f"cuda:{gpu}", {"CUDA_VISIBLE_DEVICES": gpu}) for gpu in gpus[:n]]
-    cores = cpu_cores()
+    cores = usable_cores()
     if n > len(cores):
         raise LocalaiError(f"{flag} {n} needs {n} CPU cores but this process may use {len(cores)}",
                            f"use {flag} {len(cores)} or less")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from localai.bench.metrics import UNITS
 from localai.errors import LocalaiError
+from localai.host import usable_cores
 
 SCHEMA = "localai.bench/2"  # /2: "scaling" is a list, one entry per parallel run (/1: one entry, a dict)
 OLDER_SCHEMA = "localai.bench/1"
@@ -68,7 +69,7 @@ def environment(device: str) -> dict:
     env = {
         "host": platform.node(), "platform": platform.platform(), "python": platform.python_version(),
         "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-        "usable_cores": len(os.sched_getaffinity(0)), "device": device,
+        "usable_cores": len(usable_cores()), "device": device,
         "torch": torch.__version__, "cuda": torch.version.cuda,
         "transformers": _version("transformers"), "bitsandbytes": _version("bitsandbytes"),
         "localai": localai.__version__, "git_commit": _git_commit(),

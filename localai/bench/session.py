@@ -88,9 +88,10 @@ def _check_flags(o: BenchOptions) -> tuple[bool, int | None]:
 
 def _device_count(device: str) -> int:
     """GPUs visible, or CPU cores this process may use."""
-    from localai.bench.dp import cpu_cores, visible_gpus
+    from localai.bench.dp import visible_gpus
+    from localai.host import usable_cores
 
-    return len(visible_gpus()) if device == "cuda" else len(cpu_cores())
+    return len(visible_gpus()) if device == "cuda" else len(usable_cores())
 
 
 def prepare(o: BenchOptions) -> Prepared:
