@@ -204,9 +204,15 @@ def _ctrl_c_kept(hook):
 
 
 def tolerate_unencodable_output() -> None:
-    """Text a stdout in a legacy encoding (a cp1252 Windows pipe, PYTHONIOENCODING=ascii) cannot hold
-    is written as '?' instead of crashing the command mid-answer. JSON output is ASCII, so it is intact."""
-    if hasattr(sys.stdout, "reconfigure"):
+    """Text a stdout in a legacy encoding (PYTHONIOENCODING=ascii, a cp1252 console) cannot hold is
+    written as '?' instead of crashing the command mid-answer; JSON output is ASCII, so it is intact.
+    On Windows a pipe or a file gets UTF-8, which any generated text fits (Python would pick the
+    legacy code page), unless PYTHONIOENCODING chose an encoding."""
+    if not hasattr(sys.stdout, "reconfigure"):
+        return
+    if sys.platform == "win32" and not os.environ.get("PYTHONIOENCODING") and not sys.stdout.isatty():
+        sys.stdout.reconfigure(encoding="utf-8", errors="replace")
+    else:
         sys.stdout.reconfigure(errors="replace")
 
 

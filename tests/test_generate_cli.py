@@ -227,3 +227,23 @@ def test_unencodable_text_is_replaced_instead_of_raising(monkeypatch):
     tolerate_unencodable_output()
     out("café")
     assert raw.getvalue() == b"caf?\n"
+
+
+@pytest.mark.parametrize("chosen, expected", [(None, "日本\n".encode()), ("cp1252", b"??\n")])
+def test_a_windows_pipe_gets_utf8_unless_pythonioencoding_chose(chosen, expected, monkeypatch):
+    import io
+    import sys
+
+    from localai.cli import tolerate_unencodable_output
+    from localai.console import out
+
+    raw = io.BytesIO()
+    monkeypatch.setattr(sys, "platform", "win32")
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(raw, encoding="cp1252"))  # what Python picks for a pipe
+    if chosen:
+        monkeypatch.setenv("PYTHONIOENCODING", chosen)
+    else:
+        monkeypatch.delenv("PYTHONIOENCODING", raising=False)
+    tolerate_unencodable_output()
+    out("日本")
+    assert raw.getvalue() == expected
