@@ -15,11 +15,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import selectors
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 
 from localai.bench.metrics import RequestTrace
@@ -93,16 +95,28 @@ def _signal_name(number: int) -> str:
 
 
 class _Worker:
-    def __init__(self, index: int, spec: WorkerSpec, env: dict[str, str], command: list[str]):
-        self.spec = spec
+    """One worker process. A thread of its own forwards each whole line it writes to the launcher's
+    inbox, so waiting on several workers needs no select() on pipes (which Windows lacks)."""
+
+    def __init__(self, index: int, spec: WorkerSpec, env: dict[str, str], command: list[str], inbox: queue.Queue):
+        self.index, self.spec = index, spec
         self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env={**os.environ, **env})
         self.name = f"benchmark {'rank' if spec.tp_world > 1 else 'replica'} {index} (pid {self.proc.pid})"
-        self.received = bytearray()  # protocol bytes not yet taken as lines
-        self.scanned = 0  # how much of `received` holds no newline
-        os.set_blocking(self.proc.stdout.fileno(), False)
+        self.pending: deque[str | None] = deque()  # lines that came before the launcher asked for them
+        self.reader = threading.Thread(target=self._forward_lines, args=(inbox,), name=f"read {self.name}",
+                                       daemon=True)
+        self.reader.start()
 
-    def fileno(self) -> int:
-        return self.proc.stdout.fileno()
+    def _forward_lines(self, inbox: queue.Queue) -> None:
+        """(index, text) for each whole line written, then (index, None) once the output closes;
+        a line cut short by the end of the output is no message."""
+        try:
+            for raw in self.proc.stdout:
+                if raw.endswith(b"\n"):
+                    inbox.put((self.index, raw.rstrip(b"\r\n").decode("utf-8", errors="replace")))
+        except (OSError, ValueError):  # the pipe closed under it as the worker was stopped
+            pass
+        inbox.put((self.index, None))
 
     def send(self, line: str, doing: str) -> None:
         try:
@@ -111,41 +125,11 @@ class _Worker:
         except OSError:  # BrokenPipeError: it is gone
             raise self.ended(doing) from None
 
-    def read_available(self) -> bool:
-        """Move what the pipe holds into `received`, without waiting; False once the worker closed it."""
-        while True:
-            try:
-                chunk = os.read(self.fileno(), 1 << 16)
-            except BlockingIOError:
-                return True
-            if not chunk:
-                return False
-            self.received += chunk
-
-    def next_line(self) -> str | None:
-        """The next whole line received, or None while it is still arriving."""
-        end = self.received.find(b"\n", self.scanned)
-        if end < 0:
-            self.scanned = len(self.received)
-            return None
-        line = bytes(self.received[:end])
-        del self.received[:end + 1]
-        self.scanned = 0
-        return line.decode("utf-8", errors="replace")
-
-    def poll(self, expected: str, doing: str, readable: bool) -> dict | None:
-        """Its `expected` message once a whole line has come; None while it works; raises if it has ended."""
-        exited = self.proc.poll() is not None  # checked before reading: all it wrote is in the pipe by now
-        still_open = self.read_available() if readable or exited else True
-        line = self.next_line()
-        if line is not None:
-            return self.message(line, expected)
-        if exited or not still_open:
+    def message(self, line: str | None, expected: str, doing: str) -> dict:
+        """The protocol line as a message, which must be `expected` (an `error` line raises, and so
+        does None: the output closed)."""
+        if line is None:
             raise self.ended(doing)
-        return None
-
-    def message(self, line: str, expected: str) -> dict:
-        """The protocol line as a message, which must be `expected` (an `error` line raises)."""
         try:
             message = json.loads(line)
         except json.JSONDecodeError:
@@ -173,7 +157,7 @@ class _Worker:
                             "run with -v to see its log")
 
     def stop(self, graceful: bool) -> None:
-        """Close its pipes (a worker waiting for `go` takes that as the end), wait a little, then kill."""
+        """Close its input (a worker waiting for `go` takes that as the end), wait a little, then kill."""
         try:
             self.proc.stdin.close()
         except OSError:  # BrokenPipeError: it is gone already
@@ -183,29 +167,39 @@ class _Worker:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-        self.proc.stdout.close()
+        self.reader.join(timeout=EXIT_WAIT_S)  # its output ends with it (or with the child holding it)
+        if not self.reader.is_alive():
+            self.proc.stdout.close()
 
 
-def receive_all(workers: list[_Worker], expected: str, limits: list[float], doing: str) -> list[dict]:
+def receive_all(workers: list[_Worker], inbox: queue.Queue, expected: str, limits: list[float],
+                doing: str) -> list[dict]:
     """One `expected` line from every worker, in whatever order they come. The first worker to fail,
     to exit, or to say nothing for its limit (seconds, one per worker) raises at once."""
     start = time.monotonic()
     messages: dict[int, dict] = {}
-    with selectors.DefaultSelector() as selector:
-        for index, worker in enumerate(workers):
-            selector.register(worker.fileno(), selectors.EVENT_READ, index)
-        while len(messages) < len(workers):
-            waiting = [i for i in range(len(workers)) if i not in messages]
-            elapsed = time.monotonic() - start
-            late = [i for i in waiting if elapsed >= limits[i]]
-            if late:
-                raise workers[late[0]].silent(limits[late[0]], doing)
-            readable = {key.data for key, _ in selector.select(min([POLL_S] + [limits[i] - elapsed for i in waiting]))}
-            for index in waiting:
-                message = workers[index].poll(expected, doing, index in readable)
-                if message is not None:
-                    messages[index] = message
-                    selector.unregister(workers[index].fileno())
+    for worker in workers:  # what a worker wrote before it was asked
+        if worker.pending:
+            messages[worker.index] = worker.message(worker.pending.popleft(), expected, doing)
+    while len(messages) < len(workers):
+        waiting = [i for i in range(len(workers)) if i not in messages]
+        elapsed = time.monotonic() - start
+        late = [i for i in waiting if elapsed >= limits[i]]
+        if late:
+            raise workers[late[0]].silent(limits[late[0]], doing)
+        try:
+            index, line = inbox.get(timeout=min([POLL_S] + [limits[i] - elapsed for i in waiting]))
+        except queue.Empty:
+            # all a worker wrote has reached the inbox by now: one that exited while a child of its
+            # own keeps its output open is over
+            exited = [i for i in waiting if workers[i].proc.poll() is not None]
+            if exited:
+                raise workers[exited[0]].ended(doing)
+            continue
+        if index in messages:
+            workers[index].pending.append(line)
+        else:
+            messages[index] = workers[index].message(line, expected, doing)
     return [messages[i] for i in range(len(workers))]
 
 
@@ -215,19 +209,21 @@ def launch(specs: list[WorkerSpec], envs: list[dict[str, str]], deadlines: Deadl
     environment unless given; `command`: the worker program (the localai worker unless given)."""
     deadlines = deadlines or Deadlines.from_environment()
     workers: list[_Worker] = []
+    inbox: queue.Queue = queue.Queue()  # (worker index, line or None) from every worker's reader
     finished = False
     try:
         for index, (spec, env) in enumerate(zip(specs, envs)):
-            workers.append(_Worker(index, spec, env, command or WORKER_COMMAND))
+            workers.append(_Worker(index, spec, env, command or WORKER_COMMAND, inbox))
             workers[-1].send(spec.to_json(), "as it started")
-        ready = receive_all(workers, "ready", [deadlines.loading(s) for s in specs],
+        ready = receive_all(workers, inbox, "ready", [deadlines.loading(s) for s in specs],
                             "while loading and warming up the model")
         repeats: list[list[dict]] = [[] for _ in workers]
         for repeat in range(specs[0].repeats):
             doing = f"in timed repeat {repeat + 1} of {specs[0].repeats}"
             for worker in workers:
                 worker.send("go", doing)
-            for index, message in enumerate(receive_all(workers, "result", [deadlines.repeat(s) for s in specs], doing)):
+            results = receive_all(workers, inbox, "result", [deadlines.repeat(s) for s in specs], doing)
+            for index, message in enumerate(results):
                 repeats[index].append(message)
         finished = True
         return [WorkerRun(w.spec, r, rep) for w, r, rep in zip(workers, ready, repeats)]
