@@ -8,6 +8,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from localai.bench import launcher
 from localai.bench.launcher import Deadlines, launch
 from localai.bench.worker import WorkerSpec
 from localai.errors import LocalaiError
@@ -68,6 +69,23 @@ def test_a_worker_that_dies_is_reported_while_the_others_still_work():
 def test_a_worker_error_is_one_line_naming_the_worker():
     with pytest.raises(LocalaiError, match=r"^benchmark replica 1 \(pid \d+\): out of memory loading the model$"):
         launch_fakes(["ok", "fails"], PATIENT)
+    assert fake_workers_left() == []
+
+
+def test_the_error_of_a_worker_that_exits_at_once_is_not_lost_on_its_way(monkeypatch):
+    """The worker writes its error and exits; its reader thread is slow to forward the line (a busy
+    machine), so the launcher sees the exit first. It still reports the error, not just the exit code."""
+    monkeypatch.setattr(launcher, "POLL_S", 0.05)  # checks for the exit long before the line arrives
+    forward = launcher._Worker._forward_lines
+
+    def slow_forward(self, inbox):
+        self.proc.wait()
+        time.sleep(0.3)
+        forward(self, inbox)
+
+    monkeypatch.setattr(launcher._Worker, "_forward_lines", slow_forward)
+    with pytest.raises(LocalaiError, match=r"^benchmark replica 0 \(pid \d+\): out of memory loading the model$"):
+        launch_fakes(["fails"], PATIENT)
     assert fake_workers_left() == []
 
 

@@ -33,6 +33,7 @@ DEFAULT_TIMEOUT_S = 900.0  # loading a big model from a slow disk, then warming 
 SECONDS_PER_TOKEN = 1.0  # a generous floor: a worker slower than one token a second is taken for stuck
 POLL_S = 0.5  # how often the launcher checks that a quiet worker is still alive
 EXIT_WAIT_S = 5.0  # how long a worker that closed its output gets to exit before it is reported
+FORWARD_WAIT_S = 1.0  # how long the last lines of a worker that exited get to reach the launcher
 WORKER_COMMAND = [sys.executable, "-m", "localai.bench.worker"]
 
 
@@ -190,11 +191,14 @@ def receive_all(workers: list[_Worker], inbox: queue.Queue, expected: str, limit
         try:
             index, line = inbox.get(timeout=min([POLL_S] + [limits[i] - elapsed for i in waiting]))
         except queue.Empty:
-            # all a worker wrote has reached the inbox by now: one that exited while a child of its
-            # own keeps its output open is over
-            exited = [i for i in waiting if workers[i].proc.poll() is not None]
-            if exited:
-                raise workers[exited[0]].ended(doing)
+            # a worker that exited: what it wrote last (its error, say) may still be on the way to the
+            # inbox, so its reader gets a moment to forward it; one whose output stays open (a child of
+            # its own holds it) is over
+            for i in waiting:
+                if workers[i].proc.poll() is not None:
+                    workers[i].reader.join(timeout=FORWARD_WAIT_S)
+                    if workers[i].reader.is_alive():
+                        raise workers[i].ended(doing)
             continue
         if index in messages:
             workers[index].pending.append(line)
