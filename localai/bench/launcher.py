@@ -115,7 +115,7 @@ class _Worker:
             for raw in self.proc.stdout:
                 if raw.endswith(b"\n"):
                     inbox.put((self.index, raw.rstrip(b"\r\n").decode("utf-8", errors="replace")))
-        except (OSError, ValueError):  # the pipe closed under it as the worker was stopped
+        except (OSError, ValueError):  # a failed read ends its output too (stop() closes it only after this thread)
             pass
         inbox.put((self.index, None))
 
