@@ -130,3 +130,23 @@ def test_the_model_is_restored_when_sampling_fails(tiny_llama):
             raise RuntimeError("stop")
     assert _no_hooks(model) and _plain_cpu_tensors(model)
     assert calib_data.self_generated(model, tokenizer, tokens=48, seq_len=48, seed=1).shape == (1, 48)
+
+
+def test_a_model_that_fails_to_move_to_the_device_is_sent_back(tiny_llama, monkeypatch):
+    """Moving the model whole can run out of memory part way: the modules already moved go back too."""
+    from localai.quant.offload import placed_for_sampling
+
+    model, _ = _load(tiny_llama)
+    moves = []
+
+    def to(device):
+        moves.append(str(device))
+        if len(moves) == 1:
+            raise RuntimeError("out of memory")
+        return model
+
+    monkeypatch.setattr(model, "to", to)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        with placed_for_sampling(model, "meta"):
+            pass
+    assert moves == ["meta", "cpu"]

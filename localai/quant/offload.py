@@ -165,8 +165,8 @@ def placed_for_sampling(model, device: str, notice=None, detail=None):
             with dispatched(model, device_map, main_device=gpu):
                 yield torch.device("cuda", gpu)
             return
-    model.to(device)  # sampling wants the fast device; the layers go back to `home` for calibration
     try:
+        model.to(device)  # sampling wants the fast device; the layers go back to `home` for calibration
         yield next(model.parameters()).device
     finally:
         model.to(home)
