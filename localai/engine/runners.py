@@ -20,7 +20,7 @@ def allow_recompiles(count: int) -> None:
     """Let torch.compile keep `count` graphs of one function (one per batch bucket): past dynamo's
     limit (8) the largest batches would run uncompiled."""
     config = torch._dynamo.config
-    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"  # torch < 2.6
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"  # its older name
     setattr(config, name, max(getattr(config, name), count))
 
 
