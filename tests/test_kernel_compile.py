@@ -78,5 +78,6 @@ def test_gemv_tiles_timed_for_a_group_size_decode_at_most_256_bytes_per_row_step
         assert kept and all(config.kwargs["BLOCK_G"] * group // 2 <= 256 for config in kept)
         assert len(kept) < len(configs)
         assert tm._prune_gemv(configs, {}, GROUP=group) == kept  # what the autotuner calls
+        assert tm._prune_gemv(configs, {"GROUP": group}) == kept  # GROUP passed by position
     # a group too large for any tile keeps the one with the shortest step
     assert [config.kwargs["BLOCK_G"] for config in tm.gemv_configs_for(configs, 1024)] == [1]
