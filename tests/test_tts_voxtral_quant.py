@@ -160,7 +160,8 @@ def test_speak_loads_the_quantized_folder_as_4_bit(quantized, tmp_path, localai_
 def test_the_4_bit_model_at_the_released_dimensions_fits_its_gpu_budget(tiny_voxtral):
     """Built on the meta device at Voxtral-4B-TTS's dimensions: what the 4-bit model keeps on the
     GPU (everything but the text embeddings, which stay on the CPU) plus a full 4096-position
-    cache leaves room under issue 5's 3.5 GB for activations, the codec's work and CUDA graphs."""
+    cache leaves room under the 3.5 GB the 4-bit model is held to, for activations, the codec's
+    work and CUDA graphs."""
     from make_tiny_voxtral import real_params  # scripts/, on the path with the tiny_voxtral fixture
     from localai.tts.voxtral.config import config_from_params
     from localai.tts.voxtral.model import VoxtralModel
