@@ -3,9 +3,9 @@
 On CUDA each replica sees one GPU through `CUDA_VISIBLE_DEVICES`. On CPU the cores this
 process may use are divided between the replicas (`os.sched_setaffinity` plus
 `torch.set_num_threads` in each worker; where the OS has no affinity call, macOS and
-Windows, only the thread counts are divided and the OS places the threads). Requests are split evenly; all replicas start
-together after load and warm-up, and the aggregate throughput counts all tokens over
-(last finish - first start).
+Windows, only the thread counts are divided and the OS places the threads). Requests are
+split evenly; all replicas start together after load and warm-up, and the aggregate
+throughput counts all tokens over (last finish - first start).
 """
 
 from __future__ import annotations
