@@ -4,16 +4,18 @@ Both matmul forms fuse unpacking, the codebook lookup, the gain and the dot prod
 read every packed byte once per program:
 - GEMV (a few activation rows): each program owns BLOCK_N weight rows and one activation
   row, walks K a few groups at a time (the next tile is loaded while the current one is
-  decoded), reduces each group with tl.sum and scales it by the group's gain.
+  decoded), reduces each group and scales it by the group's gain. It reads the codes as 32-bit
+  words (eight codes each) and the activations as words holding the pair (2j, 2j+1), four pair
+  words per code word. A level is looked up with a warp shuffle: each lane holds one entry of
+  the level table in a register, and the shuffle reads the code from bits 0-4 of the shifted
+  word, so a weight costs a shift, a shuffle and an FMA (a table in memory cost a 64-bit address
+  and a load besides).
 - tiled (more rows): K steps of up to 64 weights (one group, or a slice of a larger one); the
   [BLOCK_N, step/2] byte tile becomes two bf16/fp16 tiles (even and odd columns, gain applied)
   that meet the matching activation columns in tl.dot. The wrapper splits the activations into
   even and odd columns once per call.
 Split-K (partial sums added atomically into float32) only when N alone gives too few
 programs; it is a function of the weight shape, like the autotuning key.
-Activations reach the GEMV as words holding the pair (2j, 2j+1) that one packed byte
-multiplies, so one vector load serves both nibbles. The lookup reads the 16 float32 levels
-(64 bytes, one cache line: a warp's lookup is one L1 access).
 Set TRITON_INTERPRET=1 before importing this module to run it on the CPU (tests).
 """
 
@@ -42,8 +44,34 @@ _PAIR_WORDS = {torch.bfloat16: (0, torch.int32), torch.float16: (1, torch.int32)
 
 @functools.lru_cache(maxsize=None)
 def level_table(device: str) -> torch.Tensor:
-    """The 16 levels, float32 [16]."""
-    return torch.tensor(LEVELS_4BIT, dtype=torch.float32, device=device)
+    """The 16 levels twice, float32 [32]: one entry per lane of a warp (the GEMV's lookup)."""
+    return torch.tensor(LEVELS_4BIT * 2, dtype=torch.float32, device=device)
+
+
+if INTERPRET:  # no warps to shuffle across: the same lookup from the table in memory
+    @triton.jit
+    def _lane_table(lut_ptr, BLOCK_N: tl.constexpr, STEP: tl.constexpr):
+        return lut_ptr
+
+    @triton.jit
+    def _level(table, index):
+        return tl.load(table + (index & 31))
+else:
+    @triton.jit
+    def _lane_table(lut_ptr, BLOCK_N: tl.constexpr, STEP: tl.constexpr):
+        """Each thread's entry of the 32-entry level table, lane l holding entry l (a register)."""
+        lane = tl.inline_asm_elementwise("mov.u32 $0, %laneid;", "=r,r", [tl.zeros([BLOCK_N, STEP], tl.int32)],
+                                         dtype=tl.int32, is_pure=True, pack=1)
+        return tl.load(lut_ptr + lane).to(tl.int32, bitcast=True)
+
+    @triton.jit
+    def _level(table, index):
+        """The level of each 4-bit code in bits 0-3 of `index`: a warp shuffle from the lane that holds
+        it. The shuffle reads bits 0-4 only, and lanes 16-31 repeat lanes 0-15, so higher bits need
+        no mask."""
+        level = tl.inline_asm_elementwise("shfl.sync.idx.b32 $0, $1, $2, 31, -1;", "=r,r,r", [table, index],
+                                          dtype=tl.int32, is_pure=True, pack=1)
+        return level.to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -77,10 +105,12 @@ def _autotune(configs, key, **options):
     return triton.autotune(configs=configs, key=key, warmup=3, rep=10, **options)
 
 
-# (BLOCK_N, BLOCK_G, num_warps) the GEMV autotunes over on a GPU. (4, 8) and (2, 8): longer K
-# steps keep more bytes in flight per warp, which a small matrix needs to approach the memory
-# bandwidth (all of its programs are resident at once)
-GEMV_TILES = ((4, 4, 1), (8, 2, 1), (16, 1, 1), (8, 4, 2), (4, 8, 1), (2, 8, 1))
+# (BLOCK_N, BLOCK_G, num_warps) the GEMV autotunes over on a GPU. The load of the next step is
+# in flight while the current one is decoded, so a grid keeps about 2 * N * step bytes in flight:
+# an H100 needs some 3 MB to stream its memory, which a 4096-row layer reaches only with steps of
+# 256 to 512 bytes per row (BLOCK_G 8 and 16 with groups of 64); smaller steps and fewer rows per
+# program serve small matrices, whose programs are all resident at once
+GEMV_TILES = ((4, 4, 1), (16, 1, 1), (8, 4, 2), (4, 8, 1), (2, 8, 1), (8, 8, 2), (4, 16, 1), (8, 16, 4))
 # (BLOCK_N, num_warps, num_stages) for the tiled kernel (float32 activations take 1 stage)
 DOT_TILES = ((32, 4, 3), (64, 4, 3), (64, 8, 3))
 
@@ -99,9 +129,9 @@ def _gemv_configs():
     return [gemv_config(*tile) for tile in GEMV_TILES]
 
 
-# the most bytes of each weight row one GEMV step decodes: beyond this (BLOCK_G 8 with groups of
-# 128) the tile spills registers on sm_86 to sm_90
-GEMV_MAX_STEP_BYTES = 256
+# the most bytes of each weight row one GEMV step decodes: beyond this (BLOCK_G 16 with groups of
+# 128) tiles spill registers
+GEMV_MAX_STEP_BYTES = 512
 
 
 def gemv_configs_for(configs: list, group_size: int) -> list:
@@ -118,41 +148,54 @@ def _prune_gemv(configs, named_args, **kwargs):
 @_autotune(_gemv_configs(), ["N", "K", "GROUP"], reset_to_zero=["out_ptr"],
            prune_configs_by={"early_config_prune": _prune_gemv})
 @triton.jit
-def _gemv_kernel(xw_ptr, codes_ptr, gains_ptr, lut_ptr, out_ptr, N, K, KB, stride_xm, stride_om,
+def _gemv_kernel(xw_ptr, codes_ptr, gains_ptr, lut_ptr, out_ptr, N, K, KW, stride_xm, stride_om,
                  GROUP: tl.constexpr, SPLIT_K: tl.constexpr, X_KIND: tl.constexpr,
                  BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr):
-    HALF: tl.constexpr = GROUP // 2
-    STEP: tl.constexpr = BLOCK_G * HALF  # bytes of each row per iteration
+    WORDS: tl.constexpr = GROUP // 8  # code words (eight 4-bit codes each) per group
+    STEP: tl.constexpr = BLOCK_G * WORDS  # code words of each row per iteration
     pid_n, pid_k, m = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     n_groups = K // GROUP
     per_split = tl.cdiv(n_groups, SPLIT_K)
     g_start = pid_k * per_split
     g_end = tl.minimum(g_start + per_split, n_groups)
-    byte_end = g_end * HALF
+    word_end = g_end * WORDS
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # [BN]
     row_ok = rows < N
     rows = tl.where(row_ok, rows, 0)  # clamped: the loads need no row mask
-    lane = tl.arange(0, STEP)
-    code_rows = codes_ptr + rows[:, None].to(tl.int64) * KB
+    code_rows = codes_ptr + rows[:, None].to(tl.int64) * KW
     gain_rows = gains_ptr + rows[:, None] * n_groups
     x_row = xw_ptr + m * stride_xm
+    quad = tl.arange(0, 4)  # the four activation pair words that meet one code word
+    table = _lane_table(lut_ptr, BLOCK_N, STEP)
     acc = tl.zeros([BLOCK_N], dtype=tl.float32)
-    cols = g_start * HALF + lane  # byte columns
-    byte = tl.load(code_rows + cols[None, :], mask=(cols < byte_end)[None, :], other=0)  # [BN, STEP]
-    word = tl.load(x_row + cols, mask=cols < byte_end, other=0)  # [STEP]
+    cols = g_start * WORDS + tl.arange(0, STEP)  # word columns
+    code = tl.load(code_rows + cols[None, :], mask=(cols < word_end)[None, :], other=0)  # [BN, STEP]
+    xq = tl.load(x_row + cols[:, None] * 4 + quad[None, :], mask=(cols < word_end)[:, None], other=0)  # [STEP, 4]
     for g0 in range(g_start, g_end, BLOCK_G):
         nxt = cols + STEP  # load the next tile while this one is decoded
-        byte_next = tl.load(code_rows + nxt[None, :], mask=(nxt < byte_end)[None, :], other=0)
-        word_next = tl.load(x_row + nxt, mask=nxt < byte_end, other=0)
-        x_even, x_odd = _pairs(word, X_KIND)
-        low = tl.load(lut_ptr + (byte & 15).to(tl.int32))
-        high = tl.load(lut_ptr + (byte >> 4).to(tl.int32))
-        prod = low * x_even[None, :] + high * x_odd[None, :]  # [BN, STEP]
+        code_next = tl.load(code_rows + nxt[None, :], mask=(nxt < word_end)[None, :], other=0)
+        xq_next = tl.load(x_row + nxt[:, None] * 4 + quad[None, :], mask=(nxt < word_end)[:, None], other=0)
+        pairs_02, pairs_13 = tl.split(tl.reshape(xq, [STEP, 2, 2]))
+        pair0, pair2 = tl.split(pairs_02)
+        pair1, pair3 = tl.split(pairs_13)
+        x0, x1 = _pairs(pair0, X_KIND)
+        x2, x3 = _pairs(pair1, X_KIND)
+        x4, x5 = _pairs(pair2, X_KIND)
+        x6, x7 = _pairs(pair3, X_KIND)
+        # code j of a word (bits 4j..4j+3) multiplies activation 8 * col + j; one FMA chain per word
+        dot = _level(table, code) * x0[None, :]
+        dot += _level(table, code >> 4) * x1[None, :]
+        dot += _level(table, code >> 8) * x2[None, :]
+        dot += _level(table, code >> 12) * x3[None, :]
+        dot += _level(table, code >> 16) * x4[None, :]
+        dot += _level(table, code >> 20) * x5[None, :]
+        dot += _level(table, code >> 24) * x6[None, :]
+        dot += _level(table, code >> 28) * x7[None, :]
         groups = g0 + tl.arange(0, BLOCK_G)
         gain = tl.load(gain_rows + groups[None, :], mask=(groups < g_end)[None, :], other=0.0).to(tl.float32)
-        part = tl.sum(tl.reshape(prod, [BLOCK_N, BLOCK_G, HALF]), axis=2)  # [BN, BG]
+        part = tl.sum(tl.reshape(dot, [BLOCK_N, BLOCK_G, WORDS]), axis=2)  # [BN, BG]
         acc += tl.sum(part * gain, axis=1)
-        byte, word, cols = byte_next, word_next, nxt
+        code, xq, cols = code_next, xq_next, nxt
     out = out_ptr + m * stride_om + rows
     if SPLIT_K == 1:
         tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=row_ok)
@@ -268,12 +311,15 @@ def turbo_matmul(x_rot: torch.Tensor, codes: torch.Tensor, gains: torch.Tensor, 
     if m <= GEMV_MAX_ROWS:
         x_kind, word_dtype = _PAIR_WORDS[x.dtype]
         words = x.view(word_dtype)  # [M, Kp / 2]: the pair (2j, 2j+1) per word
+        if codes.storage_offset() % 4:  # code words must start on a 4-byte boundary
+            codes = codes.clone()
+        code_words = codes.view(torch.int32)  # [N, Kp / 8]: eight codes per word, code 8c + j in bits 4j..4j+3
         split = split_k or split_k_for(n, k_padded, group_size, 4, device_index)
         out = _output(m, n, split, x)
         grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), split, m)  # noqa: E731
         with _AUTOTUNED_LAUNCH:
-            _gemv_kernel[grid](words, codes, gains, lut, out, n, k_padded, k_bytes, words.stride(0), out.stride(0),
-                               GROUP=group_size, SPLIT_K=split, X_KIND=x_kind)
+            _gemv_kernel[grid](words, code_words, gains, lut, out, n, k_padded, code_words.shape[1], words.stride(0),
+                               out.stride(0), GROUP=group_size, SPLIT_K=split, X_KIND=x_kind)
     else:
         x2 = x.view(m, k_bytes, 2).permute(2, 0, 1).contiguous()  # [2, M, Kp / 2]: even, odd columns
         block_m = 16 if m <= 16 else 32 if m <= 32 else 64

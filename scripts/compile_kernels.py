@@ -4,7 +4,8 @@ Every variant a GPU may build is compiled to a cubin with Triton's own toolchain
 each autotuning tile, each activation dtype, group sizes 32/64/128, split-K on and off, and
 the rotation for Hadamard blocks 32/64/128. For each, the report gives registers per thread,
 local memory (register spills), shared memory and how many of its global loads are vector
-loads. A config that spills or needs more shared memory than the card has is flagged: the
+loads; for the GEMV also the instructions its decode loop issues per weight (from the SASS),
+which bounds its speed where memory does not. A config that spills or needs more shared memory than the card has is flagged: the
 autotuner passes over it (too slow, or refused at launch). What fails is a variant that does not
 compile, or a use (kernel, group, split, dtype, rows) none of whose configs is clean: that is
 what a user's GPU would run.
@@ -118,8 +119,8 @@ def variants(kernels: set[str], groups: tuple[int, ...], dtypes: tuple[str, ...]
             common = dict(codes_ptr="u8", gains_ptr="fp16", lut_ptr="fp32", N=N, K=K, KB=K // 2)
             for dtype in dtypes if "gemv" in kernels else ():
                 word, kind = words[dtype]
-                args = dict(common, xw_ptr=word, out_ptr="fp32" if split > 1 else dtype, stride_xm=K // 2,
-                            stride_om=N)
+                args = dict(common, codes_ptr="i32", xw_ptr=word, out_ptr="fp32" if split > 1 else dtype,
+                            stride_xm=K // 2, stride_om=N, KW=K // 8)
                 for config in tm.gemv_configs_for(tm.AUTOTUNED["gemv"].configs, group):
                     add("gemv", dict(group=group, split=split, x=dtype), args,
                         dict(GROUP=group, SPLIT_K=split, X_KIND=kind), config)
@@ -160,6 +161,23 @@ def resource_usage(cubin: bytes) -> dict:
     return {"registers": int(usage["REG"]), "local_bytes": int(usage["LOCAL"]) + int(usage["STACK"])}
 
 
+def loop_instructions(cubin: bytes) -> int:
+    """Instructions in the body of the cubin's longest loop (from a backward branch's target to the
+    branch), from its SASS: what one iteration issues per thread."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as handle:
+        handle.write(cubin)
+        handle.flush()
+        sass = subprocess.run([_cuobjdump(), "-sass", handle.name], capture_output=True, text=True, check=True).stdout
+    addresses = [(int(address, 16), text) for address, text in re.findall(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", sass)]
+    longest = 0
+    for address, text in addresses:
+        branch = re.search(r"\bBRA\b.*?0x([0-9a-f]+)", text)
+        if branch and int(branch.group(1), 16) < address:
+            start = int(branch.group(1), 16)
+            longest = max(longest, sum(1 for at, _ in addresses if start <= at <= address))
+    return longest
+
+
 def global_loads(ptx: str) -> dict:
     """How many global loads in the PTX are vector loads (v2, v4) and how many scalar."""
     loads = re.findall(r"ld\.global(?:\.[a-z0-9]+)*?(\.v[248])?\.[bsuf]\d+", ptx)
@@ -196,6 +214,10 @@ def compile_variant(variant: Variant, arch: int) -> dict:
         return {"error": f"does not compile: {type(exc).__name__}: {lines[-1] if lines else ''}"}
     result = {**resource_usage(compiled.asm["cubin"]), "shared_bytes": compiled.metadata.shared,
               **global_loads(compiled.asm["ptx"])}
+    if variant.use.startswith("gemv"):  # the decode loop's cost: what bounds the GEMV where memory does not
+        weights = variant.constants["BLOCK_N"] * variant.constants["BLOCK_G"] * variant.constants["GROUP"]
+        threads = 32 * variant.options["num_warps"]
+        result["instructions_per_weight"] = round(loop_instructions(compiled.asm["cubin"]) * threads / weights, 2)
     problems = []
     if result["local_bytes"]:
         problems.append(f"spills {result['local_bytes']} bytes to local memory")
@@ -276,7 +298,9 @@ def main() -> int:
             problem = result.get("error") or result.get("warning")
             print(f"sm_{arch:<4} {name:<76} " + (f"! {problem}" if problem else
                   f"{result['registers']:>3} regs  {result['shared_bytes']:>6} B shared  "
-                  f"{result['vector_loads']:>2} vector / {result['scalar_loads']:>2} scalar loads"), flush=True)
+                  f"{result['vector_loads']:>2} vector / {result['scalar_loads']:>2} scalar loads"
+                  + (f"  {result['instructions_per_weight']:.2f} instr/weight" if "instructions_per_weight" in result
+                     else "")), flush=True)
     report["failures"] = [f"{arch} {failure}" for arch, results in report["archs"].items()
                           for failure in failures(results)]
     if args.json:

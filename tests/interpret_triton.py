@@ -43,6 +43,11 @@ def main() -> None:
                 errors[f"matmul {n}x{k} g{group} m{m} {dtype}"] = rel_err(got, ref)
         x = torch.randn(2, k_padded)
         split = triton_matmul.turbo_matmul(x, packed.codes, packed.gains, group, split_k=2)
+        # codes one byte into their buffer: the GEMV reads them as 4-byte words, so they move
+        shifted = torch.empty(packed.codes.numel() + 1, dtype=torch.uint8)[1:].view(packed.codes.shape)
+        shifted.copy_(packed.codes)
+        errors[f"offset codes {n}x{k}"] = rel_err(triton_matmul.turbo_matmul(x, shifted, packed.gains, group),
+                                                  reference.turbo_matmul(x, packed.codes, packed.gains, group))
         errors[f"split-k {n}x{k}"] = rel_err(split, reference.turbo_matmul(x, packed.codes, packed.gains, group))
         signs = random_signs(k_padded, 3)
         x = torch.randn(3, k)

@@ -31,8 +31,15 @@ def test_every_kernel_use_has_a_clean_config_on_rtx_40_and_50():
         variants = report["archs"][arch]
         assert {name.split()[0] for name in variants} == {"gemv", "dot", "dot_f32", "rotate"}
         assert not [name for name, variant in variants.items() if "error" in variant]
-        # the GEMV reads packed bytes and activation pair words with vector loads
-        assert all(variant["vector_loads"] > 0 for name, variant in variants.items() if name.startswith("gemv"))
+        # the GEMV reads code words and activation pair words with vector loads
+        gemv = {name: variant for name, variant in variants.items() if name.startswith("gemv")}
+        assert all(variant["vector_loads"] > 0 for variant in gemv.values())
+        # its decode loop: a shuffle, a shift and an FMA per weight, plus the shared work. The best
+        # tile for each activation dtype stays under 5 instructions per weight (the byte-table
+        # lookup through global memory it replaced took 7.8 to 8.9)
+        for dtype in ("bf16", "fp32"):
+            best = min(variant["instructions_per_weight"] for name, variant in gemv.items() if f"x={dtype}" in name)
+            assert 3 < best < 5, (arch, dtype, best)
 
 
 def test_a_use_without_a_clean_config_fails(monkeypatch):
@@ -68,7 +75,7 @@ def test_bad_options_are_refused(args, message):
     assert result.returncode == 2 and message in result.stderr, result.stderr
 
 
-def test_gemv_tiles_timed_for_a_group_size_decode_at_most_256_bytes_per_row_step():
+def test_gemv_tiles_timed_for_a_group_size_decode_at_most_512_bytes_per_row_step():
     pytest.importorskip("triton")
     from localai.kernels import triton_matmul as tm
 
@@ -76,9 +83,9 @@ def test_gemv_tiles_timed_for_a_group_size_decode_at_most_256_bytes_per_row_step
     assert tm.gemv_configs_for(configs, 64) == configs  # the default group keeps every tile
     for group in (128, 256):
         kept = tm.gemv_configs_for(configs, group)
-        assert kept and all(config.kwargs["BLOCK_G"] * group // 2 <= 256 for config in kept)
+        assert kept and all(config.kwargs["BLOCK_G"] * group // 2 <= 512 for config in kept)
         assert len(kept) < len(configs)
         assert tm._prune_gemv(configs, {}, GROUP=group) == kept  # what the autotuner calls
         assert tm._prune_gemv(configs, {"GROUP": group}) == kept  # GROUP passed by position
     # a group too large for any tile keeps the one with the shortest step
-    assert [config.kwargs["BLOCK_G"] for config in tm.gemv_configs_for(configs, 1024)] == [1]
+    assert [config.kwargs["BLOCK_G"] for config in tm.gemv_configs_for(configs, 2048)] == [1]
