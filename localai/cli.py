@@ -109,7 +109,9 @@ def guarded(fn):
         except KeyboardInterrupt:
             _interrupted()
         except BrokenPipeError:
-            # the reader went away (e.g. `| head`): stop quietly
+            # the reader went away (e.g. `| head`; Windows' EINVAL arrives as this too, see
+            # console.closed_pipe_as_broken_pipe): stop quietly, and let the interpreter's last flush
+            # of stdout go to the null device instead of ending in "Exception ignored ..."
             with contextlib.suppress(OSError, ValueError):  # stdout may be no file (a test runner's)
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             raise typer.Exit(0)

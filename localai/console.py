@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import sys
 from contextlib import contextmanager
@@ -40,8 +41,29 @@ def warn(message: str) -> None:
 
 def out(text: str = "", end: str = "\n") -> None:
     """Data for stdout, written as-is (never through rich markup)."""
-    sys.stdout.write(text + end)
-    sys.stdout.flush()
+    with closed_pipe_as_broken_pipe():
+        sys.stdout.write(text + end)
+        sys.stdout.flush()
+
+
+def is_closed_pipe(exc: BaseException) -> bool:
+    """Whether a failed write to stdout or a pipe means that its reader left (`| head`, `| more` quit):
+    BrokenPipeError, or on Windows the EINVAL its C runtime reports there instead. Ask it only of such
+    writes: Windows raises EINVAL for other failures too (a file name with a '?' in it)."""
+    return isinstance(exc, BrokenPipeError) or (
+        sys.platform == "win32" and isinstance(exc, OSError) and exc.errno == errno.EINVAL)
+
+
+@contextmanager
+def closed_pipe_as_broken_pipe():
+    """Around a write to stdout or a pipe: a reader that left raises BrokenPipeError on Windows too,
+    the one exception on which a command stops quietly; any other error passes."""
+    try:
+        yield
+    except OSError as exc:
+        if isinstance(exc, BrokenPipeError) or not is_closed_pipe(exc):
+            raise
+        raise BrokenPipeError(errno.EPIPE, "the reader of the pipe left") from exc
 
 
 def out_json(data) -> None:

@@ -16,8 +16,10 @@ import os
 import secrets
 import stat
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
+from localai.console import closed_pipe_as_broken_pipe
 from localai.errors import LocalaiError
 
 STDOUT = "-"
@@ -85,7 +87,8 @@ class OutputFile:
 
     def write(self, data: bytes) -> None:
         try:
-            self.stream.write(data)
+            with self._reader_may_leave():
+                self.stream.write(data)
         except BrokenPipeError:
             raise  # a pipe's reader left (`| head`): not a failure, the command stops quietly
         except OSError as exc:
@@ -93,7 +96,8 @@ class OutputFile:
 
     def commit(self) -> None:
         try:
-            self._close()
+            with self._reader_may_leave():
+                self._close()
             if self.temporary is not None:
                 os.replace(self.temporary, self.target)
         except OSError as exc:
@@ -110,6 +114,11 @@ class OutputFile:
         finally:
             if self.temporary is not None:
                 self.temporary.unlink(missing_ok=True)
+
+    def _reader_may_leave(self):
+        """Around a write: stdout or a pipe whose reader left raises BrokenPipeError, on Windows too. A
+        regular file has no reader to leave (the EINVAL Windows may raise there is a failure)."""
+        return closed_pipe_as_broken_pipe() if self.temporary is None else nullcontext()
 
     def _close(self) -> None:
         if self.is_stdout:

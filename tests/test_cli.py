@@ -130,6 +130,53 @@ def test_ctrl_c_exits_130(tmp_path):
     assert stdout == "" and "interrupted" in stderr
 
 
+# `localai` writing its stdout as on Windows
+ON_A_WINDOWS_PIPE = """
+import io, sys
+sys.path.insert(0, "tests")
+from fake_windows import WindowsPipe, WindowsSys
+from localai import cli, console
+console.sys = WindowsSys()
+sys.stdout = io.TextIOWrapper(io.BufferedWriter(WindowsPipe(1, "w", closefd=False)))
+cli.main()
+"""
+
+
+@pytest.mark.parametrize("windows", [False, True], ids=["posix", "windows"])
+def test_a_reader_that_left_stops_the_command_quietly(tmp_path, windows):
+    """`localai list --aliases | head -1`: exit 0 and nothing on stderr, not even the "Exception ignored"
+    of the interpreter's last flush of stdout. Windows reports the closed pipe as EINVAL."""
+    launcher = ["-c", ON_A_WINDOWS_PIPE] if windows else ["-m", "localai"]
+    reader, writer = os.pipe()
+    os.close(reader)  # gone before the first line
+    try:
+        done = subprocess.run([sys.executable, *launcher, "list", "--aliases"], stdout=writer,
+                              stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT, timeout=60,
+                              env=dict(os.environ, LOCALAI_HOME=str(tmp_path)))
+    finally:
+        os.close(writer)
+    assert done.returncode == 0 and done.stderr == ""
+
+
+@pytest.mark.parametrize("platform", ["win32", "linux"])
+def test_only_on_windows_is_einval_from_stdout_a_reader_that_left(monkeypatch, platform):
+    """EINVAL has other meanings (on Windows, a file name with a '?'); it stops quietly only where it
+    comes from a write to stdout on Windows."""
+    import io
+
+    from fake_windows import pipe_whose_reader_left
+
+    from localai.console import is_closed_pipe, out
+
+    monkeypatch.setattr(sys, "platform", platform)
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(pipe_whose_reader_left()))
+    with pytest.raises(OSError) as failed:
+        out("text")
+    assert isinstance(failed.value, BrokenPipeError) == (platform == "win32")
+    assert is_closed_pipe(BrokenPipeError()) and not is_closed_pipe(OSError(28, "No space left on device"))
+    assert not is_closed_pipe(KeyboardInterrupt())
+
+
 def test_ctrl_c_that_lands_in_a_weakref_callback_is_not_dropped(monkeypatch):
     import weakref
 

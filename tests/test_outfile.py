@@ -1,11 +1,14 @@
 """localai.outfile: the early check of an output path, and files written complete or not at all."""
 
+import io
 import os
 import stat
+import sys
 import threading
 from pathlib import Path
 
 import pytest
+from fake_windows import pipe_whose_reader_left
 
 from localai.errors import LocalaiError
 from localai.outfile import OutputFile, check_output_path, write_text
@@ -90,3 +93,29 @@ def test_write_text_writes_into_a_pipe_and_through_a_link(tmp_path):
     assert sorted(p.name for p in target.parent.iterdir()) == ["latest-1.json"]
     write_text(os.devnull, "nothing\n", "--output", "report.json")  # a device is never renamed over
     assert stat.S_ISCHR(os.stat(os.devnull).st_mode) and not list(Path("/dev").glob(".null.*"))
+
+
+@pytest.mark.parametrize("buffered", [False, True], ids=["write", "commit"])
+@pytest.mark.parametrize("platform, raised", [("win32", BrokenPipeError), ("linux", LocalaiError)])
+def test_stdout_whose_reader_left_on_windows_stops_as_a_broken_pipe(monkeypatch, platform, raised, buffered):
+    """`speak --out - | more`, then q: Windows fails the write (or the flush at commit) with EINVAL,
+    which is the command's quiet stop there; elsewhere EINVAL is a failure like any other."""
+    pipe = pipe_whose_reader_left()
+    monkeypatch.setattr(sys, "platform", platform)
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(io.BufferedWriter(pipe) if buffered else pipe))
+    with pytest.raises(raised):
+        with OutputFile("-", "--out", "speech.wav") as out:
+            out.write(b"RIFF")
+    pipe.close()
+
+
+def test_a_regular_file_that_fails_with_einval_on_windows_is_a_failure(tmp_path, monkeypatch):
+    """Only a pipe has a reader to leave: a file's EINVAL is reported, and no temporary is left."""
+    monkeypatch.setattr(sys, "platform", "win32")
+    out = OutputFile(tmp_path / "speech.wav", "--out", "speech.wav")
+    out.stream.close()
+    out.stream = pipe_whose_reader_left()  # a file write that fails as a Windows pipe's does
+    with pytest.raises(LocalaiError, match="cannot write .*speech.wav: Invalid argument"):
+        with out:
+            out.write(b"RIFF")
+    assert list(tmp_path.iterdir()) == []

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import soundfile
 from fake_audio import FakeSpeaker, rms
+from fake_windows import WindowsPipe, WindowsSys
 from typer.testing import CliRunner
 
 from localai.cli import app
@@ -97,10 +98,17 @@ def test_speak_out_dash_writes_only_the_wav_to_stdout(speaker, localai_home, ton
     assert both.stdout_bytes == b""
 
 
-def test_speak_stops_quietly_when_the_reader_of_the_wav_leaves(tmp_path, localai_home, tone_engine, monkeypatch):
-    """`localai speak --out - | head -c 100`: the closed pipe ends the command as it ends `generate`."""
+@pytest.mark.parametrize("windows", [False, True], ids=["posix", "windows"])
+def test_speak_stops_quietly_when_the_reader_of_the_wav_leaves(tmp_path, localai_home, tone_engine, monkeypatch,
+                                                               windows):
+    """`localai speak --out - | head -c 100`: the closed pipe ends the command as it ends `generate`.
+    On Windows the write fails with EINVAL instead of BrokenPipeError."""
+    from localai import console, outfile
     from localai.tts import textin
 
+    if windows:
+        monkeypatch.setattr(console, "sys", WindowsSys())
+        monkeypatch.setattr(outfile, "open", lambda path, mode: WindowsPipe(path, "w"), raising=False)
     fifo = tmp_path / "speech.wav"
     os.mkfifo(fifo)
     read = []

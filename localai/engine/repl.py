@@ -8,11 +8,11 @@ sinks too (an answer still being spoken falls silent). Ctrl-D or /exit ends the 
 
 from __future__ import annotations
 
-import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
+from localai.console import out
 from localai.engine.conversation import Conversation
 from localai.engine.inputs import utf8_text
 from localai.engine.request import Request, SamplingParams
@@ -156,8 +156,7 @@ class ChatRepl:
 
 
 def _stdout_write(text: str) -> None:
-    sys.stdout.write(text)
-    sys.stdout.flush()
+    out(text, end="")
 
 
 def enable_line_editing(history_path: Path) -> Callable[[], None]:
