@@ -188,6 +188,14 @@ def _terminated(signum, _frame) -> None:
     raise SystemExit(128 + signum)
 
 
+def stop_on_ctrl_break() -> None:
+    """Windows: Ctrl-Break (SIGBREAK) stops the command as Ctrl-C does, cleanup included, exit 130,
+    where by default it ends the process on the spot. Other platforms have no SIGBREAK; a handler
+    can only be set from the main thread."""
+    if hasattr(signal, "SIGBREAK") and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGBREAK, signal.default_int_handler)  # raises KeyboardInterrupt
+
+
 def _ctrl_c_kept(hook):
     """An unraisable-exception hook that delivers again a Ctrl-C that arrived inside a finalizer or a
     weakref callback (an import holds some): Python prints such an exception and carries on, so the
@@ -221,6 +229,7 @@ def tolerate_unencodable_output() -> None:
 def main() -> None:
     tolerate_unencodable_output()
     signal.signal(signal.SIGTERM, _terminated)
+    stop_on_ctrl_break()
     sys.unraisablehook = _ctrl_c_kept(sys.unraisablehook)
     app(prog_name="localai")
 

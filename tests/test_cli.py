@@ -115,16 +115,27 @@ def test_json_outputs_parse(localai_home):
         assert isinstance(json.loads(result.stdout), list)
 
 
-def test_ctrl_c_exits_130(tmp_path):
+# `localai` where Ctrl-Break is a signal of its own, as on Windows (SIGUSR1 stands in for SIGBREAK)
+WITH_CTRL_BREAK = """
+import signal
+signal.SIGBREAK = signal.SIGUSR1
+from localai.cli import main
+main()
+"""
+
+
+@pytest.mark.parametrize("launcher, key", [(["-m", "localai"], signal.SIGINT),
+                                           (["-c", WITH_CTRL_BREAK], signal.SIGUSR1)], ids=["ctrl-c", "ctrl-break"])
+def test_ctrl_c_or_ctrl_break_exits_130(tmp_path, launcher, key):
     with HubServer({}, delay_s=60) as hub:
         env = dict(os.environ, HF_ENDPOINT=hub.url, LOCALAI_HOME=str(tmp_path / "home"), HF_HOME=str(tmp_path / "hf"))
         env.pop("HF_HUB_OFFLINE", None)
-        process = subprocess.Popen([sys.executable, "-m", "localai", "download", "acme/slow"], env=env,
+        process = subprocess.Popen([sys.executable, *launcher, "download", "acme/slow"], env=env,
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT)
         deadline = time.monotonic() + 60
         while not hub.requests and time.monotonic() < deadline and process.poll() is None:
             time.sleep(0.05)
-        process.send_signal(signal.SIGINT)
+        process.send_signal(key)
         stdout, stderr = process.communicate(timeout=30)
     assert process.returncode == 130, stderr
     assert stdout == "" and "interrupted" in stderr
@@ -175,6 +186,37 @@ def test_only_on_windows_is_einval_from_stdout_a_reader_that_left(monkeypatch, p
     assert isinstance(failed.value, BrokenPipeError) == (platform == "win32")
     assert is_closed_pipe(BrokenPipeError()) and not is_closed_pipe(OSError(28, "No space left on device"))
     assert not is_closed_pipe(KeyboardInterrupt())
+
+
+def test_ctrl_break_raises_keyboard_interrupt_where_windows_has_it(monkeypatch):
+    """Installed from the main thread only (signal.signal refuses any other), and only where
+    signal.SIGBREAK exists; SIGUSR1 stands in for it."""
+    import threading
+
+    from localai.cli import stop_on_ctrl_break
+
+    def from_another_thread():
+        try:
+            stop_on_ctrl_break()
+        except ValueError as exc:  # "signal only works in main thread of the main interpreter"
+            refused.append(exc)
+
+    before = signal.getsignal(signal.SIGUSR1)
+    monkeypatch.setattr(signal, "SIGBREAK", signal.SIGUSR1, raising=False)
+    try:
+        refused = []
+        thread = threading.Thread(target=from_another_thread)
+        thread.start()
+        thread.join()
+        assert refused == [] and signal.getsignal(signal.SIGUSR1) is before
+        stop_on_ctrl_break()
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGUSR1)
+    finally:
+        signal.signal(signal.SIGUSR1, before)
+    monkeypatch.delattr(signal, "SIGBREAK")
+    stop_on_ctrl_break()  # Linux, macOS: nothing to install
+    assert signal.getsignal(signal.SIGUSR1) is before
 
 
 def test_ctrl_c_that_lands_in_a_weakref_callback_is_not_dropped(monkeypatch):
