@@ -1,5 +1,6 @@
 """`localai speak` end to end: stdin, files, voices, engines, failures (no sound card needed)."""
 
+import codecs
 import io
 import json
 import os
@@ -33,6 +34,25 @@ def test_speak_reads_stdin_and_writes_a_wav(tmp_path, localai_home):
     assert "tts: fallback" in result.stderr and "spoke 2 sentence(s)" in result.stderr
     audio, rate = soundfile.read(wav, dtype="float32")
     assert rate == 16000 and len(audio) > rate and rms(audio) > 0.02
+
+
+@pytest.mark.parametrize("mark, encoding", [(codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"),
+                                            (codecs.BOM_UTF8, "utf-8")], ids=["utf-16-le", "utf-16-be", "utf-8"])
+def test_speak_reads_stdin_that_starts_with_a_byte_order_mark(tmp_path, localai_home, mark, encoding):
+    """PowerShell 5 pipes UTF-16 with its byte-order mark when $OutputEncoding says so, and UTF-8 may
+    come with a mark too: the mark is no text, and UTF-16 is not read as UTF-8. A real pipe as stdin
+    (the test runner's stdin has no file descriptor)."""
+    import subprocess
+
+    from cli_helpers import REPO_ROOT
+
+    piped = mark + "Grüße aus Köln. Ça parle français aussi.\n".encode(encoding)
+    done = subprocess.run([sys.executable, "-m", "localai", "speak", "--tts", "fallback", "--out",
+                           str(tmp_path / "x.wav"), "--json"], input=piped, capture_output=True, cwd=REPO_ROOT,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr.decode()
+    sentences = [s["text"] for s in json.loads(done.stdout)["sentences"]]
+    assert sentences == ["Grüße aus Köln.", "Ça parle français aussi."]
 
 
 def test_speak_json_reports_per_sentence_timings(tmp_path, localai_home):

@@ -1,9 +1,39 @@
-"""Sentence splitting of streamed text and text preparation for speech."""
+"""Text read from a pipe, sentence splitting of streamed text, and text preparation for speech."""
+
+import codecs
+import os
 
 import pytest
 
 from localai.tts.sentences import SentenceSplitter, find_boundary
 from localai.tts.text import integer_words, ordinal_words, prepare_for_speech, strip_markdown
+from localai.tts.textin import text_chunks
+
+
+@pytest.mark.parametrize("mark, encoding", [(codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"),
+                                            (codecs.BOM_UTF8, "utf-8"), (b"", "utf-8")],
+                         ids=["utf-16-le", "utf-16-be", "utf-8-with-mark", "utf-8"])
+def test_piped_text_is_utf16_after_its_byte_order_mark_and_utf8_otherwise(mark, encoding):
+    """One byte a read: the mark and the characters (a surrogate pair too) arrive in pieces."""
+    text = "Grüße, 東京 😀."
+    reader, writer = os.pipe()
+    os.write(writer, mark + text.encode(encoding))
+    os.close(writer)
+    with os.fdopen(reader) as stream:
+        assert "".join(text_chunks(stream, size=1)) == text
+
+
+@pytest.mark.timeout(30)  # a reader that waited for the end of the text would hang here
+def test_utf16_text_is_yielded_as_it_arrives():
+    """`localai generate ... | localai speak` from PowerShell: a sentence is spoken before the rest is written."""
+    reader, writer = os.pipe()
+    with os.fdopen(reader) as stream:
+        chunks = text_chunks(stream)
+        os.write(writer, codecs.BOM_UTF16_LE + "Première phrase. ".encode("utf-16-le"))
+        assert next(chunks) == "Première phrase. "  # the writer has not finished
+        os.write(writer, "Deuxième.".encode("utf-16-le"))
+        os.close(writer)
+        assert "".join(chunks) == "Deuxième."
 
 
 def split_streamed(text: str, step: int, **kwargs) -> list[str]:

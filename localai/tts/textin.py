@@ -8,9 +8,13 @@ import os
 from collections.abc import Iterator
 from typing import TextIO
 
+UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+
 
 def text_chunks(stream: TextIO, size: int = 4096) -> Iterator[str]:
-    """Read `stream` to its end in pieces, each as soon as the writer has flushed it."""
+    """Read `stream` to its end in pieces, each as soon as the writer has flushed it. The bytes are
+    UTF-8, or UTF-16 where they begin with its byte-order mark (PowerShell 5 pipes that when
+    $OutputEncoding says so); a UTF-8 byte-order mark is dropped."""
     try:
         fd = stream.fileno()
     except (AttributeError, OSError, io.UnsupportedOperation):
@@ -18,11 +22,23 @@ def text_chunks(stream: TextIO, size: int = 4096) -> Iterator[str]:
     if fd is None:  # an in-memory stream
         yield from iter(lambda: stream.read(size), "")
         return
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    decoder, start = None, b""
     while True:
         data = os.read(fd, size)  # returns what is there, without waiting for a full buffer
-        text = decoder.decode(data, final=not data)
+        ended = not data
+        if decoder is None:  # the encoding is known from the first two bytes
+            start += data
+            if len(start) < 2 and not ended:
+                continue
+            decoder, data = _decoder_for(start), start
+        text = decoder.decode(data, final=ended)
         if text:
             yield text
-        if not data:
+        if ended:
             return
+
+
+def _decoder_for(start: bytes) -> codecs.IncrementalDecoder:
+    """UTF-16 (the order its mark gives; the mark is not text), else UTF-8 without a leading mark."""
+    encoding = "utf-16" if start.startswith(UTF16_BOMS) else "utf-8-sig"
+    return codecs.getincrementaldecoder(encoding)(errors="replace")
