@@ -52,8 +52,22 @@ app = typer.Typer(
 )
 
 
+def _flush_stdout() -> None:
+    """Send what stdout still holds before a last word on stderr. A reader that left already (`| head`)
+    is no second failure: the rest goes to the null device, so the interpreter's last flush is quiet."""
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        _silence_stdout()
+
+
+def _silence_stdout() -> None:
+    with contextlib.suppress(OSError, ValueError):  # stdout may be no file (a test runner's)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 def _fail(message: str, code: int) -> None:
-    sys.stdout.flush()
+    _flush_stdout()
     sys.stderr.write(f"error: {message}\n")
     sys.stderr.flush()
     raise typer.Exit(code)
@@ -88,7 +102,7 @@ def _writable_setting(path) -> str:
 
 
 def _interrupted():
-    sys.stdout.flush()
+    _flush_stdout()
     sys.stderr.write("\ninterrupted\n")
     raise typer.Exit(130)
 
@@ -112,8 +126,7 @@ def guarded(fn):
             # the reader went away (e.g. `| head`; Windows' EINVAL arrives as this too, see
             # console.closed_pipe_as_broken_pipe): stop quietly, and let the interpreter's last flush
             # of stdout go to the null device instead of ending in "Exception ignored ..."
-            with contextlib.suppress(OSError, ValueError):  # stdout may be no file (a test runner's)
-                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            _silence_stdout()
             raise typer.Exit(0)
         except LocalaiError as exc:
             if settings.debug:

@@ -382,3 +382,26 @@ def test_the_tiny_voxtral_script_takes_help_as_a_flag(tmp_path):
     assert shown.returncode == 0 and "out_dir" in shown.stdout and list(tmp_path.iterdir()) == []
     missing = subprocess.run([sys.executable, script], capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert missing.returncode == 2 and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("last_word", ["fail", "interrupted"])
+def test_a_last_word_reaches_stderr_when_the_reader_of_stdout_left(monkeypatch, capsys, last_word):
+    """An error (or Ctrl-C) after the reader of stdout left, with text still buffered for it: the
+    one-line message and exit code stand, and stdout's rest goes to the null device instead of a
+    traceback from the flush."""
+    import typer
+
+    from localai import cli
+
+    class LeftPipe:
+        def flush(self):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    silenced = []
+    monkeypatch.setattr(cli, "_silence_stdout", lambda: silenced.append(True))
+    monkeypatch.setattr(sys, "stdout", LeftPipe())
+    with pytest.raises(typer.Exit) as stopped:
+        cli._fail("boom", 1) if last_word == "fail" else cli._interrupted()
+    assert stopped.value.exit_code == (1 if last_word == "fail" else 130)
+    assert capsys.readouterr().err.strip() == ("error: boom" if last_word == "fail" else "interrupted")
+    assert silenced == [True]
