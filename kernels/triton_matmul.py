@@ -16,7 +16,8 @@ read every packed byte once per program:
   even and odd columns once per call.
 Split-K (partial sums added atomically into float32) only when N alone gives too few
 programs; it is a function of the weight shape, like the autotuning key.
-Set TRITON_INTERPRET=1 before importing this module to run it on the CPU (tests).
+Set TRITON_INTERPRET=1 before importing this module to run it on the CPU (tests); the GEMV then
+reads the level table from memory, as it does on ROCm.
 """
 
 from __future__ import annotations
@@ -48,30 +49,34 @@ def level_table(device: str) -> torch.Tensor:
     return torch.tensor(LEVELS_4BIT * 2, dtype=torch.float32, device=device)
 
 
-if INTERPRET:  # no warps to shuffle across: the same lookup from the table in memory
-    @triton.jit
-    def _lane_table(lut_ptr, BLOCK_N: tl.constexpr, STEP: tl.constexpr):
-        return lut_ptr
+# the GEMV looks levels up by warp shuffle (inline PTX); the interpreter has no warps, and AMD GPUs
+# (ROCm builds of torch, also device "cuda") no PTX: there it reads the same table from memory
+SHUFFLE_LOOKUP = not INTERPRET and torch.version.hip is None
 
-    @triton.jit
-    def _level(table, index):
-        return tl.load(table + (index & 31))
-else:
-    @triton.jit
-    def _lane_table(lut_ptr, BLOCK_N: tl.constexpr, STEP: tl.constexpr):
-        """Each thread's entry of the 32-entry level table, lane l holding entry l (a register)."""
+
+@triton.jit
+def _lane_table(lut_ptr, SHUFFLE: tl.constexpr, BLOCK_N: tl.constexpr, STEP: tl.constexpr):
+    """What _level looks levels up in: each thread's entry of the 32-entry table, lane l holding
+    entry l in a register; or the table in memory."""
+    if SHUFFLE:
         lane = tl.inline_asm_elementwise("mov.u32 $0, %laneid;", "=r,r", [tl.zeros([BLOCK_N, STEP], tl.int32)],
                                          dtype=tl.int32, is_pure=True, pack=1)
         return tl.load(lut_ptr + lane).to(tl.int32, bitcast=True)
+    else:
+        return lut_ptr
 
-    @triton.jit
-    def _level(table, index):
-        """The level of each 4-bit code in bits 0-3 of `index`: a warp shuffle from the lane that holds
-        it. The shuffle reads bits 0-4 only, and lanes 16-31 repeat lanes 0-15, so higher bits need
-        no mask."""
+
+@triton.jit
+def _level(table, index, SHUFFLE: tl.constexpr):
+    """The level of each 4-bit code in bits 0-3 of `index`. By shuffle: fetched from the lane that
+    holds it; the shuffle reads bits 0-4 only, and lanes 16-31 repeat lanes 0-15, so higher bits need
+    no mask. From memory: the same entry, index & 31."""
+    if SHUFFLE:
         level = tl.inline_asm_elementwise("shfl.sync.idx.b32 $0, $1, $2, 31, -1;", "=r,r,r", [table, index],
                                           dtype=tl.int32, is_pure=True, pack=1)
         return level.to(tl.float32, bitcast=True)
+    else:
+        return tl.load(table + (index & 31))
 
 
 @triton.jit
@@ -149,7 +154,7 @@ def _prune_gemv(configs, named_args, **kwargs):
            prune_configs_by={"early_config_prune": _prune_gemv})
 @triton.jit
 def _gemv_kernel(xw_ptr, codes_ptr, gains_ptr, lut_ptr, out_ptr, N, K, KW, stride_xm, stride_om,
-                 GROUP: tl.constexpr, SPLIT_K: tl.constexpr, X_KIND: tl.constexpr,
+                 GROUP: tl.constexpr, SPLIT_K: tl.constexpr, X_KIND: tl.constexpr, SHUFFLE: tl.constexpr,
                  BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr):
     WORDS: tl.constexpr = GROUP // 8  # code words (eight 4-bit codes each) per group
     STEP: tl.constexpr = BLOCK_G * WORDS  # code words of each row per iteration
@@ -166,7 +171,7 @@ def _gemv_kernel(xw_ptr, codes_ptr, gains_ptr, lut_ptr, out_ptr, N, K, KW, strid
     gain_rows = gains_ptr + rows[:, None] * n_groups
     x_row = xw_ptr + m * stride_xm
     quad = tl.arange(0, 4)  # the four activation pair words that meet one code word
-    table = _lane_table(lut_ptr, BLOCK_N, STEP)
+    table = _lane_table(lut_ptr, SHUFFLE, BLOCK_N, STEP)
     acc = tl.zeros([BLOCK_N], dtype=tl.float32)
     cols = g_start * WORDS + tl.arange(0, STEP)  # word columns
     code = tl.load(code_rows + cols[None, :], mask=(cols < word_end)[None, :], other=0)  # [BN, STEP]
@@ -183,14 +188,14 @@ def _gemv_kernel(xw_ptr, codes_ptr, gains_ptr, lut_ptr, out_ptr, N, K, KW, strid
         x4, x5 = _pairs(pair2, X_KIND)
         x6, x7 = _pairs(pair3, X_KIND)
         # code j of a word (bits 4j..4j+3) multiplies activation 8 * col + j; one FMA chain per word
-        dot = _level(table, code) * x0[None, :]
-        dot += _level(table, code >> 4) * x1[None, :]
-        dot += _level(table, code >> 8) * x2[None, :]
-        dot += _level(table, code >> 12) * x3[None, :]
-        dot += _level(table, code >> 16) * x4[None, :]
-        dot += _level(table, code >> 20) * x5[None, :]
-        dot += _level(table, code >> 24) * x6[None, :]
-        dot += _level(table, code >> 28) * x7[None, :]
+        dot = _level(table, code, SHUFFLE) * x0[None, :]
+        dot += _level(table, code >> 4, SHUFFLE) * x1[None, :]
+        dot += _level(table, code >> 8, SHUFFLE) * x2[None, :]
+        dot += _level(table, code >> 12, SHUFFLE) * x3[None, :]
+        dot += _level(table, code >> 16, SHUFFLE) * x4[None, :]
+        dot += _level(table, code >> 20, SHUFFLE) * x5[None, :]
+        dot += _level(table, code >> 24, SHUFFLE) * x6[None, :]
+        dot += _level(table, code >> 28, SHUFFLE) * x7[None, :]
         groups = g0 + tl.arange(0, BLOCK_G)
         gain = tl.load(gain_rows + groups[None, :], mask=(groups < g_end)[None, :], other=0.0).to(tl.float32)
         part = tl.sum(tl.reshape(dot, [BLOCK_N, BLOCK_G, WORDS]), axis=2)  # [BN, BG]
@@ -319,7 +324,7 @@ def turbo_matmul(x_rot: torch.Tensor, codes: torch.Tensor, gains: torch.Tensor, 
         grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), split, m)  # noqa: E731
         with _AUTOTUNED_LAUNCH:
             _gemv_kernel[grid](words, code_words, gains, lut, out, n, k_padded, code_words.shape[1], words.stride(0),
-                               out.stride(0), GROUP=group_size, SPLIT_K=split, X_KIND=x_kind)
+                               out.stride(0), GROUP=group_size, SPLIT_K=split, X_KIND=x_kind, SHUFFLE=SHUFFLE_LOOKUP)
     else:
         x2 = x.view(m, k_bytes, 2).permute(2, 0, 1).contiguous()  # [2, M, Kp / 2]: even, odd columns
         block_m = 16 if m <= 16 else 32 if m <= 32 else 64

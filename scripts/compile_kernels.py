@@ -123,7 +123,7 @@ def variants(kernels: set[str], groups: tuple[int, ...], dtypes: tuple[str, ...]
                             stride_xm=K // 2, stride_om=N, KW=K // 8)
                 for config in tm.gemv_configs_for(tm.AUTOTUNED["gemv"].configs, group):
                     add("gemv", dict(group=group, split=split, x=dtype), args,
-                        dict(GROUP=group, SPLIT_K=split, X_KIND=kind), config)
+                        dict(GROUP=group, SPLIT_K=split, X_KIND=kind, SHUFFLE=True), config)
             for dtype in dtypes if "dot" in kernels else ():
                 kernel = "dot_f32" if dtype == "fp32" else "dot"
                 for block_m in (16, 32, 64):

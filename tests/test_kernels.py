@@ -184,3 +184,19 @@ def test_bf16_answers_do_not_depend_on_the_batch_size():
     alone = cpu.linear(x[:1], signs, packed.layout.block, packed.codes, packed.gains, 64)
     batched = cpu.linear(x, signs, packed.layout.block, packed.codes, packed.gains, 64)
     assert torch.equal(batched[:1], alone)
+
+
+@pytest.mark.parametrize("hip, interpret, shuffle", [(None, False, True), ("6.2", False, False), (None, True, False)])
+def test_gemv_looks_levels_up_by_shuffle_only_with_ptx_and_warps(hip, interpret, shuffle):
+    """The warp-shuffle lookup is inline PTX: a ROCm build of torch (its GPUs are "cuda" too) and the
+    interpreter read the table from memory."""
+    pytest.importorskip("triton")
+    code = ("import torch; torch.version.hip = %r\n"
+            "from localai.kernels import triton_matmul\n"
+            "print(triton_matmul.SHUFFLE_LOOKUP)" % hip)
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    if interpret:
+        env["TRITON_INTERPRET"] = "1"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == str(shuffle)
