@@ -55,12 +55,14 @@ SHUFFLE_LOOKUP = not INTERPRET and torch.version.hip is None
 
 
 @triton.jit
-def _lane_table(lut_ptr, SHUFFLE: tl.constexpr, BLOCK_N: tl.constexpr, STEP: tl.constexpr):
-    """What _level looks levels up in: each thread's entry of the 32-entry table, lane l holding
-    entry l in a register; or the table in memory."""
+def _lane_table(lut_ptr, SHUFFLE: tl.constexpr):
+    """What _level looks levels up in. By shuffle: entry l of the 32-entry table in lane l, as a
+    scalar, which every thread computes for itself: a tensor could be laid out over the lanes
+    differently from the codes it meets, and a layout conversion would move entries between lanes.
+    From memory: the table itself."""
     if SHUFFLE:
-        lane = tl.inline_asm_elementwise("mov.u32 $0, %laneid;", "=r,r", [tl.zeros([BLOCK_N, STEP], tl.int32)],
-                                         dtype=tl.int32, is_pure=True, pack=1)
+        lane = tl.inline_asm_elementwise("mov.u32 $0, %laneid;", "=r,r", [tl.program_id(0)], dtype=tl.int32,
+                                         is_pure=True, pack=1)
         return tl.load(lut_ptr + lane).to(tl.int32, bitcast=True)
     else:
         return lut_ptr
@@ -171,7 +173,7 @@ def _gemv_kernel(xw_ptr, codes_ptr, gains_ptr, lut_ptr, out_ptr, N, K, KW, strid
     gain_rows = gains_ptr + rows[:, None] * n_groups
     x_row = xw_ptr + m * stride_xm
     quad = tl.arange(0, 4)  # the four activation pair words that meet one code word
-    table = _lane_table(lut_ptr, SHUFFLE, BLOCK_N, STEP)
+    table = _lane_table(lut_ptr, SHUFFLE)
     acc = tl.zeros([BLOCK_N], dtype=tl.float32)
     cols = g_start * WORDS + tl.arange(0, STEP)  # word columns
     code = tl.load(code_rows + cols[None, :], mask=(cols < word_end)[None, :], other=0)  # [BN, STEP]
