@@ -11,9 +11,10 @@ read every packed byte once per program:
   word, so a weight costs a shift, a shuffle and an FMA (a table in memory cost a 64-bit address
   and a load besides).
 - tiled (more rows): K steps of up to 64 weights (one group, or a slice of a larger one); the
-  [BLOCK_N, step/2] byte tile becomes two bf16/fp16 tiles (even and odd columns, gain applied)
-  that meet the matching activation columns in tl.dot. The wrapper splits the activations into
-  even and odd columns once per call.
+  [BLOCK_N, step/2] byte tile becomes two bf16/fp16 tiles (even and odd columns, levels by the
+  same shuffle, gain applied) that meet the matching activation columns in tl.dot. The wrapper
+  splits the activations into even and odd columns once per call. float32 activations keep the
+  table in memory: with shuffled levels in registers their largest tiles spill.
 Split-K (partial sums added atomically into float32) only when N alone gives too few
 programs; it is a function of the weight shape, like the autotuning key.
 Set TRITON_INTERPRET=1 before importing this module to run it on the CPU (tests); the GEMV then
@@ -219,7 +220,7 @@ def _dot_configs(stages: int | None = None):
 @triton.jit
 def _dot_body(x2_ptr, codes_ptr, gains_ptr, lut_ptr, out_ptr, M, N, K, KB, stride_xs, stride_xm, stride_om,
               GROUP: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, F32_DOT: tl.constexpr,
-              BLOCK_N: tl.constexpr):
+              SHUFFLE: tl.constexpr, BLOCK_N: tl.constexpr):
     HALF: tl.constexpr = GROUP // 2
     # byte columns per K step: a group of up to 64 weights at a time (larger groups in slices),
     # which keeps the decoded tiles in registers on every card (sm_75 and up)
@@ -238,6 +239,7 @@ def _dot_body(x2_ptr, codes_ptr, gains_ptr, lut_ptr, out_ptr, M, N, K, KB, strid
     gain_rows = gains_ptr + rows_n * n_groups  # [BN]
     x_rows = x2_ptr + rows_m[:, None] * stride_xm
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    table = _lane_table(lut_ptr, SHUFFLE)
     byte_start, byte_end = g_start * HALF, g_end * HALF
     byte = tl.load(code_rows + (byte_start + lane)[None, :], mask=(byte_start + lane < byte_end)[None, :], other=0)
     for col in range(byte_start, byte_end, STEP):
@@ -247,8 +249,8 @@ def _dot_body(x2_ptr, codes_ptr, gains_ptr, lut_ptr, out_ptr, M, N, K, KB, strid
         gain = tl.load(gain_rows + col // HALF).to(tl.float32)[:, None]  # [BN, 1]
         x_even = tl.load(x_rows + cols[None, :], mask=m_ok[:, None], other=0.0)  # [BM, S]
         x_odd = tl.load(x_rows + stride_xs + cols[None, :], mask=m_ok[:, None], other=0.0)
-        w_even = (tl.load(lut_ptr + (byte & 15).to(tl.int32)) * gain).to(x_even.dtype)  # [BN, S]
-        w_odd = (tl.load(lut_ptr + (byte >> 4).to(tl.int32)) * gain).to(x_even.dtype)
+        w_even = (_level(table, byte.to(tl.int32), SHUFFLE) * gain).to(x_even.dtype)  # [BN, S]
+        w_odd = (_level(table, (byte >> 4).to(tl.int32), SHUFFLE) * gain).to(x_even.dtype)
         if F32_DOT:  # float32 activations; also bf16 under the interpreter, whose dot lacks bf16
             acc = tl.dot(x_even.to(tl.float32), tl.trans(w_even.to(tl.float32)), acc, input_precision="ieee")
             acc = tl.dot(x_odd.to(tl.float32), tl.trans(w_odd.to(tl.float32)), acc, input_precision="ieee")
@@ -333,11 +335,13 @@ def turbo_matmul(x_rot: torch.Tensor, codes: torch.Tensor, gains: torch.Tensor, 
         split = split_k or split_k_for(n, k_padded, group_size, 32, device_index)
         out = _output(m, n, split, x)
         grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), triton.cdiv(m, block_m), split)  # noqa: E731
-        kernel = _dot_kernel_f32 if x.dtype == torch.float32 else _dot_kernel
+        f32 = x.dtype == torch.float32
+        # float32 looks levels up in memory: with shuffled levels in registers its largest tiles spill
         with _AUTOTUNED_LAUNCH:
-            kernel[grid](x2, codes, gains, lut, out, m, n, k_padded, k_bytes, x2.stride(0), x2.stride(1),
-                         out.stride(0), GROUP=group_size, SPLIT_K=split, BLOCK_M=block_m,
-                         F32_DOT=x.dtype == torch.float32 or (INTERPRET and x.dtype == torch.bfloat16))
+            (_dot_kernel_f32 if f32 else _dot_kernel)[grid](
+                x2, codes, gains, lut, out, m, n, k_padded, k_bytes, x2.stride(0), x2.stride(1), out.stride(0),
+                GROUP=group_size, SPLIT_K=split, BLOCK_M=block_m, SHUFFLE=SHUFFLE_LOOKUP and not f32,
+                F32_DOT=f32 or (INTERPRET and x.dtype == torch.bfloat16))
     return out.to(x_rot.dtype)
 
 

@@ -4,8 +4,9 @@ Every variant a GPU may build is compiled to a cubin with Triton's own toolchain
 each autotuning tile, each activation dtype, group sizes 32/64/128, split-K on and off, and
 the rotation for Hadamard blocks 32/64/128. For each, the report gives registers per thread,
 local memory (register spills), shared memory and how many of its global loads are vector
-loads; for the GEMV also the instructions its decode loop issues per weight (from the SASS),
-which bounds its speed where memory does not. A config that spills or needs more shared memory than the card has is flagged: the
+loads; for the matmul kernels also the instructions their decode loop issues per weight (from
+the SASS; the tiled kernel's serve BLOCK_M activation rows at once), which bounds their speed
+where memory does not. A config that spills or needs more shared memory than the card has is flagged: the
 autotuner passes over it (too slow, or refused at launch). What fails is a variant that does not
 compile, or a use (kernel, group, split, dtype, rows) none of whose configs is clean: that is
 what a user's GPU would run.
@@ -132,7 +133,9 @@ def variants(kernels: set[str], groups: tuple[int, ...], dtypes: tuple[str, ...]
                                 stride_xs=m * K // 2, stride_xm=K // 2, stride_om=N)
                     for config in tm.AUTOTUNED[kernel].configs:
                         add(kernel, dict(group=group, split=split, x=dtype, block_m=block_m), args,
-                            dict(GROUP=group, SPLIT_K=split, BLOCK_M=block_m, F32_DOT=dtype == "fp32"), config)
+                            dict(GROUP=group, SPLIT_K=split, BLOCK_M=block_m, F32_DOT=dtype == "fp32",
+                                 SHUFFLE=dtype != "fp32"),
+                            config)
     for block in BLOCKS if "rotate" in kernels else ():
         for dtype in dtypes:
             chunks = max(1, min(1024 // block, K // block))
@@ -214,10 +217,9 @@ def compile_variant(variant: Variant, arch: int) -> dict:
         return {"error": f"does not compile: {type(exc).__name__}: {lines[-1] if lines else ''}"}
     result = {**resource_usage(compiled.asm["cubin"]), "shared_bytes": compiled.metadata.shared,
               **global_loads(compiled.asm["ptx"])}
-    if variant.use.startswith("gemv"):  # the decode loop's cost: what bounds the GEMV where memory does not
-        weights = variant.constants["BLOCK_N"] * variant.constants["BLOCK_G"] * variant.constants["GROUP"]
-        threads = 32 * variant.options["num_warps"]
-        result["instructions_per_weight"] = round(loop_instructions(compiled.asm["cubin"]) * threads / weights, 2)
+    if not variant.use.startswith("rotate"):  # the decode loop's cost, what bounds it where memory does not
+        result["instructions_per_weight"] = round(
+            loop_instructions(compiled.asm["cubin"]) * 32 * variant.options["num_warps"] / _weights_per_step(variant), 2)
     problems = []
     if result["local_bytes"]:
         problems.append(f"spills {result['local_bytes']} bytes to local memory")
@@ -226,6 +228,13 @@ def compile_variant(variant: Variant, arch: int) -> dict:
     if problems:
         result["warning"] = "; ".join(problems)
     return result
+
+
+def _weights_per_step(variant: Variant) -> int:
+    """Weights one iteration of a matmul kernel's loop decodes: BLOCK_N rows times BLOCK_G groups
+    (GEMV), or times a group of up to 64 weights (tiled, for BLOCK_M activation rows at once)."""
+    group, rows = variant.constants["GROUP"], variant.constants["BLOCK_N"]
+    return rows * (variant.constants["BLOCK_G"] * group if variant.use.startswith("gemv") else min(group, 64))
 
 
 def failures(results: dict[str, dict]) -> list[str]:

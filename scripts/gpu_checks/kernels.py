@@ -11,8 +11,8 @@ run() -> dict, in this order, each part in its own try/except so one failure kee
   fullgraph=True and the whole step is replayed as one CUDA graph, for both models
   (scripts/gpu_checks/turbo_decode.py).
 - correctness_quick: Triton kernels vs the plain-torch reference on odd shapes (576 and 100
-  inputs, 97 and 33 outputs, batch 1..64, bf16/fp16/fp32), the rotation kernel, every GEMV tile
-  pinned in turn, TurboLinear vs its dequantized dense weight, eager and under
+  inputs, 97 and 33 outputs, batch 1..64, bf16/fp16/fp32), the rotation kernel, every tile
+  that looks levels up by shuffle pinned in turn, TurboLinear vs its dequantized dense weight, eager and under
   torch.compile(fullgraph=True).
 - correctness: the same checks over more shapes (4096, 1536, group 32/128), if time is left.
 Needs CUDA. Parts that would not fit in the time budget are reported as skipped.
@@ -120,34 +120,41 @@ def check_correctness(cases=FULL_CASES, with_module: bool = False) -> dict:
     ok = all(worst[key] < TOLERANCE.get(key, 1e-5) for key in worst)
     report = {"ok": ok, "cases": checked, "max_rel_err": {key: f"{v:.2e}" for key, v in worst.items()}}
     if with_module:
-        report["gemv_tiles"] = attempt(check_every_gemv_tile)
+        report["every_tile"] = attempt(check_every_tile)
         report["turbolinear"] = attempt(check_turbolinear)
     return report
 
 
-def check_every_gemv_tile() -> dict:
-    """Each GEMV tile the autotuner may pick, pinned in turn: the level lookup is a warp shuffle
-    whose lanes depend on how the tile lays codes out over a warp, so every layout is checked."""
+def check_every_tile() -> dict:
+    """Each tile the autotuners may pick where levels are looked up by warp shuffle, pinned in turn:
+    the shuffle's lanes depend on how the tile lays codes out over a warp, so every layout is checked
+    (the GEMV at 1 to 3 rows, the tiled kernel at 17 with bf16/fp16 activations)."""
     import torch
 
     from localai.kernels import reference, triton_matmul
     from localai.quant.turboquant import quantize_weight
 
-    kernel = triton_matmul.AUTOTUNED["gemv"]
-    saved = kernel.configs
     packed = quantize_weight(torch.randn(97, 576, device=DEVICE), 64, seed=5)
+    uses = (("gemv", triton_matmul.GEMV_TILES, triton_matmul.gemv_config,
+             ((1, torch.bfloat16), (2, torch.float16), (3, torch.float32))),
+            ("dot", triton_matmul.DOT_TILES, triton_matmul.dot_config, ((17, torch.bfloat16), (17, torch.float16))))
     worst: dict[str, float] = {}
-    try:
-        for tile in triton_matmul.GEMV_TILES:
-            kernel.configs = [triton_matmul.gemv_config(*tile)]
-            for m, dtype in ((1, torch.bfloat16), (2, torch.float32)):
-                x = torch.randn(m, packed.layout.k_padded, device=DEVICE).to(dtype)
-                got = triton_matmul.turbo_matmul(x, packed.codes, packed.gains, 64)
-                ref = reference.turbo_matmul(x.float(), packed.codes, packed.gains, 64)
-                worst[str(dtype)] = max(worst.get(str(dtype), 0.0), rel_err(got, ref))
-    finally:
-        kernel.configs = saved
-    return {"ok": all(worst[key] < TOLERANCE[key] for key in worst), "tiles": len(triton_matmul.GEMV_TILES),
+    for name, tiles, config, cases in uses:
+        kernel = triton_matmul.AUTOTUNED[name]
+        saved = kernel.configs
+        try:
+            for tile in tiles:
+                kernel.configs = [config(*tile)]
+                for m, dtype in cases:
+                    x = torch.randn(m, packed.layout.k_padded, device=DEVICE).to(dtype)
+                    got = triton_matmul.turbo_matmul(x, packed.codes, packed.gains, 64)
+                    ref = reference.turbo_matmul(x.float(), packed.codes, packed.gains, 64)
+                    key = f"{name} {dtype}"
+                    worst[key] = max(worst.get(key, 0.0), rel_err(got, ref))
+        finally:
+            kernel.configs = saved
+    return {"ok": all(worst[key] < TOLERANCE[key.split()[1]] for key in worst),
+            "tiles": len(triton_matmul.GEMV_TILES) + len(triton_matmul.DOT_TILES),
             "max_rel_err": {key: f"{value:.2e}" for key, value in worst.items()}}
 
 
