@@ -17,8 +17,8 @@ read every packed byte once per program:
   table in memory: with shuffled levels in registers their largest tiles spill.
 Split-K (partial sums added atomically into float32) only when N alone gives too few
 programs; it is a function of the weight shape, like the autotuning key.
-Set TRITON_INTERPRET=1 before importing this module to run it on the CPU (tests); the GEMV then
-reads the level table from memory, as it does on ROCm.
+Set TRITON_INTERPRET=1 before importing this module to run it on the CPU (tests); the kernels
+then read the level table from memory, as they do on ROCm.
 """
 
 from __future__ import annotations
@@ -46,12 +46,12 @@ _PAIR_WORDS = {torch.bfloat16: (0, torch.int32), torch.float16: (1, torch.int32)
 
 @functools.lru_cache(maxsize=None)
 def level_table(device: str) -> torch.Tensor:
-    """The 16 levels twice, float32 [32]: one entry per lane of a warp (the GEMV's lookup)."""
+    """The 16 levels twice, float32 [32]: one entry per lane of a warp (the shuffle lookup)."""
     return torch.tensor(LEVELS_4BIT * 2, dtype=torch.float32, device=device)
 
 
-# the GEMV looks levels up by warp shuffle (inline PTX); the interpreter has no warps, and AMD GPUs
-# (ROCm builds of torch, also device "cuda") no PTX: there it reads the same table from memory
+# the matmul kernels look levels up by warp shuffle (inline PTX); the interpreter has no warps, and
+# AMD GPUs (ROCm builds of torch, also device "cuda") no PTX: there they read the table from memory
 SHUFFLE_LOOKUP = not INTERPRET and torch.version.hip is None
 
 
