@@ -292,3 +292,18 @@ def test_generate_refuses_a_damaged_checkpoint(data_free, tmp_path):
     assert result.exit_code == 1 and result.stdout == "", result.output
     line = one_error_line(result.stderr)  # after the "loading ..." status line
     assert "model.layers.0.mlp.up_proj.gains" in line and "NaN or infinite" in line
+
+
+def test_nf4_shows_no_transformers_progress_bars(tiny_llama, tmp_path):
+    """Loading and saving the NF4 model goes through transformers, whose bars stay off without -v."""
+    from transformers.utils import logging as transformers_logging
+
+    was_enabled = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.enable_progress_bar()  # as in a fresh process
+    try:
+        result = invoke_on_cpu("quantize", tiny_llama, "-o", tmp_path / "nf4", "--method", "nf4")
+    finally:
+        (transformers_logging.enable_progress_bar if was_enabled else transformers_logging.disable_progress_bar)()
+    assert result.exit_code == 0, result.output
+    assert "Loading weights" not in result.stderr and "Writing model shards" not in result.stderr
+    assert "it/s" not in result.stderr, result.stderr

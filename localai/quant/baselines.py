@@ -162,8 +162,10 @@ def quantize_nf4(source: Path, tokenizer, out: Path, device: str) -> Path:
     """Load `source` through bitsandbytes NF4 and save it (16-bit for everything else) to `out`."""
     from transformers import AutoModelForCausalLM
 
+    from localai.loading import quiet_transformers
     from localai.quant.checkpoint import output_staging, publish
 
+    quiet_transformers()
     model = AutoModelForCausalLM.from_pretrained(source, quantization_config=nf4_config(), device_map=device,
                                                  dtype=torch.bfloat16, trust_remote_code=False)
     staging = output_staging(out)
