@@ -142,6 +142,13 @@ def test_a_malformed_line_is_reported_with_its_number_before_loading_the_model(t
     assert "loading" not in result.stderr
 
 
+def test_a_prompts_file_that_cannot_be_read_is_named_before_loading_the_model(tmp_path):
+    result = generate(tmp_path / "no-such-model", "-f", tmp_path)  # a folder, not a file
+    line = one_line_error(result)
+    assert line.startswith(f"error: cannot read {tmp_path}: ") and "-f" in line
+    assert "loading" not in result.stderr
+
+
 def test_stdin_that_is_not_utf8_is_a_one_line_error_before_loading_the_model(tmp_path):
     line = one_line_error(generate(tmp_path / "no-such-model", input=b"caf\xe9\n"))
     assert "<stdin> is not UTF-8 text" in line

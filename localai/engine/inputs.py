@@ -138,6 +138,8 @@ def read_prompts(arguments: list[str], file: str | None, stdin, defaults: Sampli
                 lines = handle.readlines()
         except FileNotFoundError as exc:
             raise LocalaiError(f"no such file: {file}", "check the path given to -f") from exc
+        except OSError as exc:  # a folder, no permission: what the system says, not a traceback
+            raise LocalaiError(f"cannot read {file}: {exc.strerror or exc}", "check the path given to -f") from exc
         except UnicodeDecodeError as exc:
             raise LocalaiError(f"{file} is not UTF-8 text", "save the prompts as UTF-8") from exc
         specs += parse_lines(lines, file, defaults)
