@@ -78,7 +78,7 @@ def _evaluate(source: Path, qc: dict | None, tokenizer, tokens, batch_size: int,
     windows, ctx = tokens.shape
     lm = load_model(source)
     method = (qc or {}).get("quant_method", "none")
-    info(f"quantization: {method}; scoring {windows} windows of {ctx} tokens")
+    info(f"quantization: {method}; scoring {windows} window{'s' if windows != 1 else ''} of {ctx} tokens")
     with status_line("scoring...") as show:
         result = perplexity(lm, tokens, batch_size,
                             on_window=lambda done, total: show(f"scored {done}/{total} windows"))

@@ -23,7 +23,7 @@ def _print_summary(s) -> None:
 
 def main(
     model: str = typer.Argument(..., help="Model folder, alias or hub repo id."),
-    output: Path = typer.Option(..., "--output", "-o", help="Folder to write the quantized checkpoint to (must not exist)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Folder to write the quantized checkpoint to (must not exist, or be empty)."),
     method: str = typer.Option("turboquant", "--method", help="turboquant, nf4 (bitsandbytes) or int4 (round-to-nearest)."),
     group_size: int = typer.Option(64, "--group-size", help="Weights per gain/scale (turboquant, int4)."),
     calib: Optional[Path] = typer.Option(None, "--calib", help="UTF-8 text to calibrate on (default: text sampled from the model)."),

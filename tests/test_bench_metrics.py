@@ -128,6 +128,13 @@ def test_bad_prompts_files_are_one_line_errors(tmp_path, content, message):
         read_prompts_file(path)
 
 
+def test_a_prompts_path_that_is_no_file_is_named_as_what_it_is(tmp_path):
+    with pytest.raises(LocalaiError, match=re.escape(f"prompts file {tmp_path / 'absent.txt'} not found")):
+        read_prompts_file(tmp_path / "absent.txt")
+    with pytest.raises(LocalaiError, match=re.escape(f"prompts file {tmp_path} is a folder, not a file")):
+        read_prompts_file(tmp_path)
+
+
 def test_requests_split_evenly_in_order():
     assert split(5, 2) == [[0, 1, 2], [3, 4]]
     assert split(2, 3) == [[0], [1], []]

@@ -123,6 +123,9 @@ def test_eval_on_quantized_and_fp_models(data_free, tiny_llama, text_file):
     assert math.isfinite(tq_res["perplexity"]) and tq_res["perplexity"] > 1
     plain = invoke_on_cpu("eval", out, "--text", text_file, "--windows", 2, "--ctx", 64)
     assert float(plain.stdout) == pytest.approx(tq_res["perplexity"], abs=1e-3)
+    assert "scoring 2 windows of 64 tokens" in plain.stderr
+    one = invoke_on_cpu("eval", out, "--text", text_file, "--windows", 1, "--ctx", 64)
+    assert one.exit_code == 0 and "scoring 1 window of 64 tokens" in one.stderr, one.stderr
 
 
 def test_eval_several_models_one_table_with_speed(data_free, tiny_llama, text_file):
@@ -223,7 +226,9 @@ def test_output_and_calibration_paths_are_checked_before_loading(tmp_path):
     line = _one_line_error(invoke_on_cpu("quantize", absent_model, "-o", a_file / "q", "--no-calib"))
     assert line == f"error: cannot create {a_file / 'q'}: {a_file} is a file, not a folder. Choose another -o folder"
     line = _one_line_error(invoke_on_cpu("quantize", absent_model, "-o", tmp_path / "q", "--calib", tmp_path / "no.txt"))
-    assert "calibration file not found" in line
+    assert line == f"error: calibration file {tmp_path / 'no.txt'} not found. Check the path given to --calib"
+    line = _one_line_error(invoke_on_cpu("quantize", absent_model, "-o", tmp_path / "q", "--calib", tmp_path))
+    assert line == f"error: calibration file {tmp_path} is a folder, not a text file. Check the path given to --calib"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
 
 

@@ -56,7 +56,8 @@ def random_workload(vocab_size: int, special_ids: set[int], num_requests: int, i
 def read_prompts_file(path: Path) -> list[str]:
     """One prompt per line; a line that starts with `{` is JSON with a "prompt" field."""
     if not path.is_file():
-        raise LocalaiError(f"prompts file {path} not found", "pass an existing file to --prompts")
+        found = "is a folder, not a file" if path.is_dir() else "not found"
+        raise LocalaiError(f"prompts file {path} {found}", "pass an existing file to --prompts")
     try:
         text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is not part of the first prompt
     except UnicodeDecodeError as exc:

@@ -34,7 +34,7 @@ def from_text_file(path: Path, tokenizer, tokens: int = DEFAULT_CALIB_TOKENS, se
         with open(path, encoding="utf-8", newline="") as handle:
             text = handle.read(tokens * CHARS_PER_TOKEN_BOUND)
     except FileNotFoundError:
-        raise LocalaiError(f"calibration file not found: {path}", "check the path given to --calib") from None
+        raise LocalaiError(f"calibration file {path} not found", "check the path given to --calib") from None
     except UnicodeDecodeError:
         raise LocalaiError(f"{path} is not UTF-8 text", "pass a plain UTF-8 text file to --calib") from None
     ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"][0]

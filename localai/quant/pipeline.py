@@ -77,7 +77,8 @@ def check_options(opts: QuantizeOptions, out: Path) -> None:
             raise UsageError(f"--calib-tokens {opts.calib_tokens} is less than one calibration sequence "
                              f"({SEQ_LEN} tokens)", f"use --calib-tokens {SEQ_LEN} or more")
     if opts.calib_file is not None and not Path(opts.calib_file).is_file():
-        raise LocalaiError(f"calibration file not found: {opts.calib_file}", "check the path given to --calib")
+        found = "is a folder, not a text file" if Path(opts.calib_file).is_dir() else "not found"
+        raise LocalaiError(f"calibration file {opts.calib_file} {found}", "check the path given to --calib")
     _check_output(Path(out))
 
 
