@@ -18,7 +18,8 @@ def main(
     top_p: float = typer.Option(0.95, "--top-p", help="Sample from the smallest set with this much probability."),
     top_k: int = typer.Option(0, "--top-k", help="Sample from the K most likely tokens (0 = all)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed, for reproducible answers."),
-    context: int = typer.Option(4096, "--context", help="Context length in tokens (capped by the model and memory)."),
+    context: int = typer.Option(4096, "--context", min=2,
+                                help="Context length in tokens (capped by the model and memory)."),
     dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16."),
     speak: bool = typer.Option(False, "--speak", help="Speak the answers aloud, sentence by sentence (see `speak`)."),
     voice: Optional[str] = typer.Option(None, "--voice", help="With --speak: the voice (see speak --list-voices)."),
@@ -55,6 +56,7 @@ def main(
     from localai.engine.repl import ChatRepl, enable_line_editing
     from localai.settings import localai_home
 
+    _check_room(max_new_tokens, context)  # as given; checked again against the model's and memory's limits
     info(f"loading {model}...")
     engine = Engine.load(model, dtype=dtype, notice=info)
     if not getattr(engine.tokenizer, "chat_template", None):

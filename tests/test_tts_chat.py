@@ -1,5 +1,6 @@
 """`localai chat --speak`: the streamed answer is spoken sentence by sentence into a WAV."""
 
+import pytest
 import soundfile
 from typer.testing import CliRunner
 
@@ -70,3 +71,11 @@ def test_chat_refuses_an_answer_longer_than_the_context_before_opening_the_wav(t
                                  "--max-new-tokens", "600"], input="Hi\n")  # the tiny model's context: 512
     assert result.exit_code == 2 and "leaves no room for the prompt in a 512-token context" in result.stderr
     assert list(tmp_path.iterdir()) == []  # no WAV, empty or temporary
+
+
+@pytest.mark.parametrize("context, message", [("-5", "Invalid value for '--context'"),
+                                              ("300", "leaves no room for the prompt in a 300-token context")])
+def test_a_context_with_no_room_for_the_prompt_is_refused_before_the_model_loads(tmp_path, context, message):
+    result = runner.invoke(app, ["chat", str(tmp_path / "absent"), "--context", context], input="Hi\n")
+    assert result.exit_code == 2 and message in result.stderr, result.stderr
+    assert "loading" not in result.stderr
