@@ -46,7 +46,7 @@ def run(
     repeats: int = typer.Option(1, "--repeats", help="Timed repeats; reports mean ± sd."),
     seed: int = typer.Option(0, "--seed", help="Seed of the synthetic prompts."),
     decode_mode: Optional[str] = typer.Option(None, "--decode-mode", help="eager, graphs or compile (CUDA) [default: the engine's choice; eager for --tp]."),
-    fmt: Optional[str] = typer.Option(None, "--format", help="table (default), json, jsonl (one line per run, per scaling entry and for the comparison: see \"kind\"), md or csv (sd_* columns when repeated, scaling_* with --scaling)."),
+    fmt: Optional[str] = typer.Option(None, "--format", help="table (default, or what -o's extension names: .json, .jsonl, .csv, .md), json, jsonl (one line per run, per scaling entry and for the comparison: see \"kind\"), md or csv (sd_* columns when repeated, scaling_* with --scaling)."),
     as_json: bool = typer.Option(False, "--json", help="Same as --format json (another --format is an error)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the report to this file instead of stdout."),
     emit: Optional[str] = typer.Option(None, "--emit", help="vllm: print the equivalent vLLM commands and exit."),
@@ -58,7 +58,7 @@ def run(
     options = BenchOptions(
         model=model, dp=dp, tp=tp, compare=compare, scaling=scaling, input_len=input_len, output_len=output_len,
         num_requests=num_requests, prompts=prompts, batch_size=batch_size, warmup=warmup, repeats=repeats,
-        seed=seed, decode_mode=decode_mode, fmt=output_format(fmt, as_json), emit=emit)
+        seed=seed, decode_mode=decode_mode, fmt=output_format(fmt, as_json, output), emit=emit)
     if output is not None:  # before the benchmark runs, not after
         from localai.outfile import check_output_path
 

@@ -291,3 +291,29 @@ def test_emit_notes_what_vllm_cannot_load():
     assert "--quantization bitsandbytes" in nf4["serve"]["dp"][0]
     smollm2 = emit("HuggingFaceTB/SmolLM2-135M-Instruct", "none", 2, 128, 128, 32, 8, 0, num_heads=9)
     assert any("9 attention heads" in note for note in smollm2["notes"])
+
+
+@pytest.mark.parametrize("fmt, as_json, output, expected", [
+    (None, False, None, "table"),
+    (None, False, "dp2.json", "json"),
+    (None, False, "runs.JSONL", "jsonl"),
+    (None, False, "runs.csv", "csv"),
+    (None, False, "runs.md", "md"),
+    (None, False, "runs.txt", "table"),
+    ("md", False, "runs.json", "md"),  # --format wins over the file name
+    (None, True, "runs.csv", "json"),
+])
+def test_the_report_format_follows_the_file_name_unless_asked_for(fmt, as_json, output, expected):
+    from pathlib import Path
+
+    from localai.bench.session import output_format
+
+    assert output_format(fmt, as_json, Path(output) if output else None) == expected
+
+
+def test_json_and_another_format_are_a_usage_error():
+    from localai.bench.session import output_format
+    from localai.errors import UsageError
+
+    with pytest.raises(UsageError, match="ask for different formats"):
+        output_format("csv", True)

@@ -47,11 +47,18 @@ class Prepared:
     plan: BenchPlan | None  # None for --emit vllm, which runs nothing here
 
 
-def output_format(fmt: str | None, as_json: bool) -> str:
-    """The report format from --format and --json; the two naming different formats is a usage error."""
+# the format a report file's name asks for when neither --format nor --json does
+FORMAT_OF_SUFFIX = {".json": "json", ".jsonl": "jsonl", ".csv": "csv", ".md": "md"}
+
+
+def output_format(fmt: str | None, as_json: bool, output: Path | None = None) -> str:
+    """The report format from --format and --json (the two naming different formats is a usage
+    error), else from the extension of -o's file name, else a table."""
     if as_json and fmt not in (None, "json"):
         raise UsageError(f"--json and --format {fmt} ask for different formats", "give only one of them")
-    return "json" if as_json else fmt or "table"
+    if as_json or fmt:
+        return "json" if as_json else fmt
+    return FORMAT_OF_SUFFIX.get(output.suffix.lower(), "table") if output is not None else "table"
 
 
 def _check_flags(o: BenchOptions) -> tuple[bool, int | None]:
