@@ -96,7 +96,7 @@ def main(
                 if result.index not in written:
                     out(json_line(result))
         if json_output:
-            out_json(json_document(model, finished, engine))
+            out_json({**json_document(model, finished, engine), "interrupted": True})
         raise
     if json_output:
         out_json(json_document(model, results, engine))

@@ -77,6 +77,7 @@ def test_json_document_holds_results_and_stats(tiny_llama, expected):
     data = json.loads(result.stdout)
     assert [r["text"] for r in data["results"]] == expected[:2]
     assert data["stats"]["generated_tokens"] == 16 and data["stats"]["engine"] == "lean"
+    assert "interrupted" not in data  # only a Ctrl-C marks the document
 
 
 @pytest.mark.parametrize("output", ["--jsonl", "--json"])
@@ -101,7 +102,9 @@ def test_ctrl_c_exits_130_and_keeps_the_answers_already_finished(tiny_llama, tmp
     if output == "--jsonl":
         rows = [json.loads(line) for line in result.stdout.splitlines()]
     else:
-        rows = json.loads(result.stdout)["results"]
+        document = json.loads(result.stdout)
+        rows = document["results"]
+        assert document["interrupted"] is True and document["stats"]["requests"] == 1  # the finished ones
     assert [(r["id"], r["finish_reason"], r["tokens"]["generated"]) for r in rows] == [(1, "length", 2)]
 
 
