@@ -153,13 +153,17 @@ def _cuobjdump() -> str:
     return str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump")
 
 
-def resource_usage(cubin: bytes) -> dict:
-    """Registers per thread and local memory (register spills) of a cubin, as ptxas laid it out."""
+def _dump(cubin: bytes, flag: str) -> str:
+    """What cuobjdump `flag` prints about a cubin."""
     with tempfile.NamedTemporaryFile(suffix=".cubin") as handle:
         handle.write(cubin)
         handle.flush()
-        text = subprocess.run([_cuobjdump(), "--dump-resource-usage", handle.name], capture_output=True,
-                              text=True, check=True).stdout
+        return subprocess.run([_cuobjdump(), flag, handle.name], capture_output=True, text=True, check=True).stdout
+
+
+def resource_usage(cubin: bytes) -> dict:
+    """Registers per thread and local memory (register spills) of a cubin, as ptxas laid it out."""
+    text = _dump(cubin, "--dump-resource-usage")
     usage = dict(re.findall(r"\b(REG|STACK|LOCAL):(\d+)", text))
     return {"registers": int(usage["REG"]), "local_bytes": int(usage["LOCAL"]) + int(usage["STACK"])}
 
@@ -167,10 +171,7 @@ def resource_usage(cubin: bytes) -> dict:
 def loop_instructions(cubin: bytes) -> int:
     """Instructions in the body of the cubin's longest loop (from a backward branch's target to the
     branch), from its SASS: what one iteration issues per thread."""
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as handle:
-        handle.write(cubin)
-        handle.flush()
-        sass = subprocess.run([_cuobjdump(), "-sass", handle.name], capture_output=True, text=True, check=True).stdout
+    sass = _dump(cubin, "--dump-sass")
     addresses = [(int(address, 16), text) for address, text in re.findall(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", sass)]
     longest = 0
     for address, text in addresses:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -102,6 +103,22 @@ def _copies(nbytes: int) -> int:
 # ---- correctness --------------------------------------------------------------------------------
 
 
+@contextmanager
+def _pinned(configs: dict):
+    """The autotuned kernels named in `configs` ({name: [triton.Config]}) time only those configs
+    inside, their own list again after."""
+    from localai.kernels import triton_matmul
+
+    saved = {name: triton_matmul.AUTOTUNED[name].configs for name in configs}
+    for name, pinned in configs.items():
+        triton_matmul.AUTOTUNED[name].configs = pinned
+    try:
+        yield
+    finally:
+        for name, kept in saved.items():
+            triton_matmul.AUTOTUNED[name].configs = kept
+
+
 def check_correctness(cases=FULL_CASES, with_module: bool = False) -> dict:
     import torch
 
@@ -111,14 +128,8 @@ def check_correctness(cases=FULL_CASES, with_module: bool = False) -> dict:
     torch.manual_seed(0)
     # one config per kernel: this checks the code over many shapes; the benchmarked shapes are
     # checked with their tuned configs in bench_matmul
-    saved = {name: kernel.configs for name, kernel in triton_matmul.AUTOTUNED.items()}
-    for name, kernel in triton_matmul.AUTOTUNED.items():
-        kernel.configs = saved[name][:1]
-    try:
+    with _pinned({name: kernel.configs[:1] for name, kernel in triton_matmul.AUTOTUNED.items()}):
         checked = sum(1 for _ in _correctness_cases(worst, cases) if _time_left() > 0)
-    finally:
-        for name, kernel in triton_matmul.AUTOTUNED.items():
-            kernel.configs = saved[name]
     ok = all(worst[key] < TOLERANCE.get(key, 1e-5) for key in worst)
     report = {"ok": ok, "cases": checked, "max_rel_err": {key: f"{v:.2e}" for key, v in worst.items()}}
     if with_module:
@@ -142,22 +153,17 @@ def check_every_tile() -> dict:
     worst: dict[str, float] = {}
     checked = 0
     for name, tiles, config, cases in uses:
-        kernel = triton_matmul.AUTOTUNED[name]
-        saved = kernel.configs
-        try:
-            for tile in tiles:
-                if _time_left() <= 0:  # each tile compiles: stop at the budget, say how far it got
-                    break
-                checked += 1
-                kernel.configs = [config(*tile)]
+        for tile in tiles:
+            if _time_left() <= 0:  # each tile compiles: stop at the budget, say how far it got
+                break
+            checked += 1
+            with _pinned({name: [config(*tile)]}):
                 for m, dtype in cases:
                     x = torch.randn(m, packed.layout.k_padded, device=DEVICE).to(dtype)
                     got = triton_matmul.turbo_matmul(x, packed.codes, packed.gains, 64)
                     ref = reference.turbo_matmul(x.float(), packed.codes, packed.gains, 64)
                     key = f"{name} {dtype}"
                     worst[key] = max(worst.get(key, 0.0), rel_err(got, ref))
-        finally:
-            kernel.configs = saved
     return {"ok": all(worst[key] < TOLERANCE[key.split()[1]] for key in worst), "tiles_checked": checked,
             "tiles": len(triton_matmul.GEMV_TILES) + len(triton_matmul.DOT_TILES),
             "max_rel_err": {key: f"{value:.2e}" for key, value in worst.items()}}
