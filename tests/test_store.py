@@ -333,6 +333,20 @@ def test_a_foreign_folder_under_the_store_name_is_reported_before_converting(loc
     assert (model_dir("m") / "notes.txt").read_text() == "mine"
 
 
+def test_list_where_and_rm_agree_on_a_foreign_folder_in_the_store(localai_home, tiny_llama):
+    """A folder put under models/ by hand has no store metadata: `where` and `rm` do not know it,
+    so `list` does not show it either (with -v it says why)."""
+    from localai.store.home import model_dir
+
+    shutil.copytree(tiny_llama, model_dir("mine"))
+    listed = runner.invoke(app, ["list", "--json"])
+    assert listed.exit_code == 0 and json.loads(listed.stdout) == []
+    assert "not a localai model folder" in runner.invoke(app, ["-v", "list"]).stderr
+    assert runner.invoke(app, ["where", "mine"]).exit_code == 1
+    assert runner.invoke(app, ["rm", "mine", "--yes"]).exit_code == 1
+    assert (model_dir("mine") / "config.json").is_file()
+
+
 def test_gguf_file_with_a_local_model_is_a_usage_error(localai_home, tiny_llama):
     result = runner.invoke(app, ["download", str(tiny_llama), "--gguf-file", "x.gguf"])
     assert result.exit_code == 2 and "--gguf-file needs a hub repo id" in one_error_line(result.stderr)

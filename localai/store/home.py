@@ -189,12 +189,22 @@ def remove_tree(path: Path) -> None:
     shutil.rmtree(doomed)
 
 
-def imported_models() -> list[Path]:
-    """Model folders under LOCALAI_HOME/models (staging folders excluded)."""
+def store_folders() -> list[Path]:
+    """Every folder under LOCALAI_HOME/models, the store's and any other (staging folders excluded)."""
     folder = models_dir()
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def is_store_model(folder: Path) -> bool:
+    """A folder the store wrote (it holds the store's metadata); only these are found, listed, removed."""
+    return (Path(folder) / METADATA_FILE).is_file()
+
+
+def imported_models() -> list[Path]:
+    """The store's model folders under LOCALAI_HOME/models."""
+    return [folder for folder in store_folders() if is_store_model(folder)]
 
 
 def find_imported(name: str) -> Optional[Path]:
@@ -206,4 +216,4 @@ def find_imported(name: str) -> Optional[Path]:
         return None
     if folder.name != name.lower():
         return None
-    return folder if (folder / METADATA_FILE).is_file() else None
+    return folder if is_store_model(folder) else None
