@@ -26,7 +26,7 @@ def main(
     from localai.console import info, out as print_data, out_json, warn
     from localai.errors import LocalaiError, UsageError
     from localai.outfile import STDOUT, check_output_path, shown
-    from localai.tts.engines import select_engine
+    from localai.tts.engines import choose_voice, select_engine
     from localai.tts.player import open_output
     from localai.tts.session import SpeechSession
     from localai.tts.textin import text_chunks
@@ -45,7 +45,7 @@ def main(
         else:
             print_data("\n".join(engine.voices()))
         return
-    voice_name = engine.resolve_voice(voice, lang)
+    voice_name = choose_voice(engine, voice, lang)
     engine.load()
     output = open_output(engine.sample_rate, play=out is None or play, out_path=out)
     session = SpeechSession(engine, voice_name, output, lang=engine.language(voice_name))

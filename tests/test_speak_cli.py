@@ -17,6 +17,7 @@ from fake_windows import WindowsPipe, WindowsSys
 from typer.testing import CliRunner
 
 from localai.cli import app
+from localai.errors import UsageError
 from localai.tts import player
 from localai.tts.fallback import PicoEngine
 from localai.tts.wavfile import UNKNOWN_SIZE, WavWriter
@@ -235,6 +236,27 @@ def test_speak_lists_voices_and_rejects_bad_options(localai_home):
     assert result.exit_code == 1 and "no voice 'robot'" in result.stderr
 
 
+def test_speak_refuses_a_voice_and_a_language_that_disagree(tmp_path, localai_home):
+    wav = tmp_path / "x.wav"
+    clash = runner.invoke(app, ["speak", "--tts", "fallback", "--voice", "en-GB", "--lang", "fr", "--out", str(wav),
+                                "Hi."])
+    assert clash.exit_code == 2 and "voice en-GB speaks en, not fr" in clash.stderr and not wav.exists()
+    agree = runner.invoke(app, ["speak", "--tts", "fallback", "--voice", "en-GB", "--lang", "en-gb", "--out",
+                                str(wav), "--json", "Hi."])
+    assert agree.exit_code == 0, agree.stderr
+    assert json.loads(agree.stdout)["voice"] == "en-GB"
+
+
+def test_speak_quantize_is_refused_or_flagged_where_it_cannot_apply(tmp_path, localai_home):
+    """--quantize is for Voxtral: refused with --tts fallback, a warning when auto falls back."""
+    wav = tmp_path / "x.wav"
+    refused = runner.invoke(app, ["speak", "--tts", "fallback", "--quantize", "--out", str(wav), "Hi."])
+    assert refused.exit_code == 2 and "--quantize applies to Voxtral" in refused.stderr and not wav.exists()
+    warned = runner.invoke(app, ["speak", "--quantize", "--out", str(wav), "Hi."])
+    assert warned.exit_code == 0, warned.stderr
+    assert "--quantize does nothing here" in warned.stderr and "tts: fallback" in warned.stderr
+
+
 def test_speak_voxtral_without_weights_is_one_line(localai_home):
     result = runner.invoke(app, ["speak", "--tts", "voxtral", "Hi."])
     assert result.exit_code == 1
@@ -276,7 +298,10 @@ def test_voxtral_voices_are_listed_and_checked_without_loading_the_model(tmp_pat
     listed = runner.invoke(app, base + ["--list-voices", "--json"])
     assert listed.exit_code == 0, listed.stderr
     assert json.loads(listed.stdout)["voices"] == ["casual_female", "neutral_male"]
-    assert engines.select_engine("voxtral", model=str(folder)).resolve_voice("Neutral_Male", None) == "neutral_male"
+    engine = engines.select_engine("voxtral", model=str(folder))
+    assert engines.choose_voice(engine, "Neutral_Male", "en") == "neutral_male"
+    with pytest.raises(UsageError, match="voice casual_female speaks en, not fr"):
+        engines.choose_voice(engine, "casual_female", "fr")
     mistyped = runner.invoke(app, base + ["--voice", "robot", "--out", str(tmp_path / "x.wav"), "Hi."])
     assert mistyped.exit_code == 1 and "Voxtral has no voice 'robot'" in mistyped.stderr
     assert not (tmp_path / "x.wav").exists()

@@ -150,6 +150,9 @@ def select_engine(choice: str = "auto", model: str = VOXTRAL_ALIAS, quantize: bo
     if choice not in CHOICES:
         raise UsageError(f"unknown --tts {choice!r}", f"use one of: {', '.join(CHOICES)}")
     if choice == "fallback":
+        if quantize:
+            raise UsageError("--quantize applies to Voxtral, not to the fallback engine",
+                             "drop --quantize, or use --tts voxtral")
         return _fallback("as asked")
     folder = voxtral_folder(model)
     if choice == "voxtral":
@@ -157,11 +160,23 @@ def select_engine(choice: str = "auto", model: str = VOXTRAL_ALIAS, quantize: bo
             raise LocalaiError(f"Voxtral weights ({model}) are not downloaded",
                                "run `localai download voxtral-tts` (about 8 GB) or use --tts fallback")
         return _voxtral(folder, quantize)
-    if folder is None:
-        return _fallback("Voxtral weights not downloaded")
-    if not _gpu_usable():
-        return _fallback("no CUDA GPU for Voxtral")
-    return _voxtral(folder, quantize)
+    reason = "Voxtral weights not downloaded" if folder is None else None if _gpu_usable() else "no CUDA GPU for Voxtral"
+    if reason is None:
+        return _voxtral(folder, quantize)
+    if quantize:
+        warn("--quantize does nothing here: the fallback engine has no weights to quantize")
+    return _fallback(reason)
+
+
+def choose_voice(engine, voice: str | None, lang: str | None) -> str:
+    """The engine's voice for --voice and/or --lang; both given must agree (a voice speaks one language)."""
+    name = engine.resolve_voice(voice, lang)
+    if voice and lang:
+        spoken, asked = engine.language(name), lang.lower().split("-")[0]
+        if spoken != asked:
+            raise UsageError(f"voice {name} speaks {spoken}, not {lang}",
+                             "drop --lang, or choose a voice of that language (--list-voices)")
+    return name
 
 
 def _gpu_usable() -> bool:

@@ -127,11 +127,11 @@ def start_speech(tts: str = "auto", voice: str | None = None, lang: str | None =
                  quantize: bool = False, out_flag: str = "--speak-out") -> SpeechSession | None:
     """A session for speaking alongside other output (chat): picks the engine and voice, opens the
     speaker and/or the WAV file. Without a usable speaker or file it warns and returns None."""
-    from localai.tts.engines import select_engine
+    from localai.tts.engines import choose_voice, select_engine
     from localai.tts.player import open_output
 
     engine = select_engine(tts, model=model, quantize=quantize)
-    voice_name = engine.resolve_voice(voice, lang)
+    voice_name = choose_voice(engine, voice, lang)
     engine.load()
     output = open_output(engine.sample_rate, play=play, out_path=out_path, required=False, out_flag=out_flag)
     if output is None:
