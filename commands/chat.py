@@ -48,7 +48,7 @@ def main(
         raise UsageError("nothing to answer on stdin", "pipe a message in, or run in a terminal to chat")
     conversation = Conversation(system=system)
     if history and Path(history).expanduser().exists():
-        conversation = Conversation.load(history)
+        conversation = Conversation.load(history, "--history")
         conversation.system = system or conversation.system
 
     from localai.console import info, note

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from localai.errors import LocalaiError
+from localai.infile import read_text_file
 
 EVAL_CHARS = 400_000
 # the standard corpus, looked up beside the project: <root>/../shared/data/wikitext-2-raw/wiki.test.raw
@@ -39,16 +40,7 @@ def read_text(path: Path | None) -> str:
     if path is None:
         raise LocalaiError("no evaluation text: the default wiki.test.raw was not found beside the project",
                            "pass one with --text FILE (WikiText-2's wiki.test.raw is the usual choice)")
-    try:
-        # newline="" keeps CRLF as stored: tokenization depends on it
-        with open(path, encoding="utf-8", newline="") as handle:
-            return handle.read()
-    except FileNotFoundError:
-        raise LocalaiError(f"text file not found: {path}", "check the path given to --text") from None
-    except UnicodeDecodeError:
-        raise LocalaiError(f"{path} is not UTF-8 text", "pass a plain UTF-8 text file") from None
-    except OSError as exc:  # a folder, no permission, ...
-        raise LocalaiError(f"cannot read {path}: {exc.strerror or exc}", "pass a readable text file to --text") from None
+    return read_text_file(path, "--text")  # CRLF kept as stored: tokenization depends on it
 
 
 def check_windows(windows: int, ctx: int, error=LocalaiError) -> None:

@@ -118,7 +118,7 @@ def test_prompts_file_reads_text_and_json_lines(tmp_path):
     (b'{"prompt": 5}\n', "prompts.txt:1: not a JSON object"),
     (b'{"text": "hi"}\n', "prompts.txt:1: not a JSON object"),
     (b'{oops\n', "prompts.txt:1: not a JSON object"),
-    (b"caf\xe9\n", "is not UTF-8 text"),
+    (b"caf\xe9\n", "is not UTF-8 text (invalid continuation byte at byte 3)"),
     (b"\n  \n", "has no prompts"),
 ])
 def test_bad_prompts_files_are_one_line_errors(tmp_path, content, message):
@@ -129,9 +129,9 @@ def test_bad_prompts_files_are_one_line_errors(tmp_path, content, message):
 
 
 def test_a_prompts_path_that_is_no_file_is_named_as_what_it_is(tmp_path):
-    with pytest.raises(LocalaiError, match=re.escape(f"prompts file {tmp_path / 'absent.txt'} not found")):
+    with pytest.raises(LocalaiError, match=re.escape(f"cannot read {tmp_path / 'absent.txt'}: no such file")):
         read_prompts_file(tmp_path / "absent.txt")
-    with pytest.raises(LocalaiError, match=re.escape(f"prompts file {tmp_path} is a folder, not a file")):
+    with pytest.raises(LocalaiError, match=re.escape(f"cannot read {tmp_path}: it is a folder")):
         read_prompts_file(tmp_path)
 
 

@@ -226,9 +226,9 @@ def test_output_and_calibration_paths_are_checked_before_loading(tmp_path):
     line = _one_line_error(invoke_on_cpu("quantize", absent_model, "-o", a_file / "q", "--no-calib"))
     assert line == f"error: cannot create {a_file / 'q'}: {a_file} is a file, not a folder. Choose another -o folder"
     line = _one_line_error(invoke_on_cpu("quantize", absent_model, "-o", tmp_path / "q", "--calib", tmp_path / "no.txt"))
-    assert line == f"error: calibration file {tmp_path / 'no.txt'} not found. Check the path given to --calib"
+    assert line == f"error: cannot read {tmp_path / 'no.txt'}: no such file. Check the path given to --calib"
     line = _one_line_error(invoke_on_cpu("quantize", absent_model, "-o", tmp_path / "q", "--calib", tmp_path))
-    assert line == f"error: calibration file {tmp_path} is a folder, not a text file. Check the path given to --calib"
+    assert line == f"error: cannot read {tmp_path}: it is a folder. Give --calib a file"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
 
 
@@ -256,9 +256,9 @@ def test_missing_quantization_config_fields(data_free, tmp_path, text_file):
 
 def test_eval_bad_input(tiny_llama, tmp_path, text_file):
     line = _one_line_error(invoke_on_cpu("eval", tiny_llama, "--text", tmp_path / "absent.txt"))
-    assert "text file not found" in line
+    assert line == f"error: cannot read {tmp_path / 'absent.txt'}: no such file. Check the path given to --text"
     line = _one_line_error(invoke_on_cpu("eval", tiny_llama, "--text", tmp_path))
-    assert line.startswith(f"error: cannot read {tmp_path}: Is a directory")
+    assert line == f"error: cannot read {tmp_path}: it is a folder. Give --text a file"
     line = _one_line_error(invoke_on_cpu("eval", tiny_llama, "--text", text_file, "--windows", 1, "--ctx", 513))
     assert "--ctx 513 is longer than the context of" in line and line.endswith("Use --ctx 512 or less")
     line = _one_line_error(invoke_on_cpu("eval", tiny_llama, "--text", text_file, "--windows", 500, "--ctx", 64))

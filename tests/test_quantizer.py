@@ -342,7 +342,7 @@ def test_calibration_from_text_file(tmp_path, tiny_llama):
     (tmp_path / "short.txt").write_text("Paris.")
     with pytest.raises(LocalaiError, match="fewer than 64 tokens"):
         calib_data.from_text_file(tmp_path / "short.txt", tokenizer, tokens=256, seq_len=64)
-    with pytest.raises(LocalaiError, match="not found"):
+    with pytest.raises(LocalaiError, match="no such file"):
         calib_data.from_text_file(tmp_path / "absent.txt", tokenizer)
 
 

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from localai.errors import LocalaiError, UsageError
+from localai.infile import read_text_file
 
 
 @dataclass
@@ -55,14 +56,7 @@ def random_workload(vocab_size: int, special_ids: set[int], num_requests: int, i
 
 def read_prompts_file(path: Path) -> list[str]:
     """One prompt per line; a line that starts with `{` is JSON with a "prompt" field."""
-    if not path.is_file():
-        found = "is a folder, not a file" if path.is_dir() else "not found"
-        raise LocalaiError(f"prompts file {path} {found}", "pass an existing file to --prompts")
-    try:
-        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is not part of the first prompt
-    except UnicodeDecodeError as exc:
-        raise LocalaiError(f"prompts file {path} is not UTF-8 text ({exc.reason} at byte {exc.start})",
-                           "save it as UTF-8") from None
+    text = read_text_file(path, "--prompts").removeprefix("\ufeff")  # a byte-order mark is no prompt
     prompts = []
     for number, line in enumerate(text.splitlines(), start=1):
         line = line.strip()

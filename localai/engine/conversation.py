@@ -8,6 +8,7 @@ from pathlib import Path
 
 from localai.engine.prompts import check_messages, render_chat
 from localai.errors import LocalaiError
+from localai.infile import read_text_file
 from localai.outfile import write_text
 
 
@@ -59,13 +60,12 @@ class Conversation:
         write_text(path, json.dumps(self.to_json(), indent=2, ensure_ascii=False) + "\n", flag, CHAT_NAME_EXAMPLE)
 
     @classmethod
-    def load(cls, path: str | Path) -> "Conversation":
+    def load(cls, path: str | Path, flag: str = "/load") -> "Conversation":
+        """`flag` names where the path came from, for the hint."""
         path = Path(path).expanduser()
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError as exc:
-            raise LocalaiError(f"no such file: {path}", "check the path") from exc
-        except (OSError, ValueError) as exc:
+            data = json.loads(read_text_file(path, flag))
+        except ValueError as exc:
             raise LocalaiError(f"{path} is not a saved conversation ({exc})", "load a file written by /save") from exc
         if not isinstance(data, dict) or not isinstance(data.get("messages"), list):
             raise LocalaiError(f"{path} is not a saved conversation", "load a file written by /save")

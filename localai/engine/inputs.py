@@ -8,6 +8,7 @@ number before any model is loaded.
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass, replace
 from typing import Iterable
@@ -15,6 +16,7 @@ from typing import Iterable
 from localai.engine.prompts import check_messages
 from localai.engine.request import SamplingParams
 from localai.errors import LocalaiError
+from localai.infile import read_text_file
 
 OPTION_TYPES = {
     "max_new_tokens": int, "min_new_tokens": int, "top_k": int, "seed": int,
@@ -133,15 +135,7 @@ def read_prompts(arguments: list[str], file: str | None, stdin, defaults: Sampli
     if file == "-":
         specs += parse_lines(stdin_lines(stdin), "<stdin>", defaults)
     elif file is not None:
-        try:
-            with open(file, encoding="utf-8") as handle:
-                lines = handle.readlines()
-        except FileNotFoundError as exc:
-            raise LocalaiError(f"no such file: {file}", "check the path given to -f") from exc
-        except OSError as exc:  # a folder, no permission: what the system says, not a traceback
-            raise LocalaiError(f"cannot read {file}: {exc.strerror or exc}", "check the path given to -f") from exc
-        except UnicodeDecodeError as exc:
-            raise LocalaiError(f"{file} is not UTF-8 text", "save the prompts as UTF-8") from exc
+        lines = io.StringIO(read_text_file(file, "-f"), newline=None).readlines()  # CRLF or CR ends a line too
         specs += parse_lines(lines, file, defaults)
     return specs
 

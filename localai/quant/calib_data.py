@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from localai.errors import LocalaiError
+from localai.infile import read_text_file
 
 DEFAULT_CALIB_TOKENS = 16_384
 SEQ_LEN = 512
@@ -30,13 +31,7 @@ def _count(tokens: int, seq_len: int) -> int:
 def from_text_file(path: Path, tokenizer, tokens: int = DEFAULT_CALIB_TOKENS, seq_len: int = SEQ_LEN):
     """The first `tokens` tokens of a text file as [S, seq_len] ids (fewer if the file is short)."""
     wanted = _count(tokens, seq_len)
-    try:
-        with open(path, encoding="utf-8", newline="") as handle:
-            text = handle.read(tokens * CHARS_PER_TOKEN_BOUND)
-    except FileNotFoundError:
-        raise LocalaiError(f"calibration file {path} not found", "check the path given to --calib") from None
-    except UnicodeDecodeError:
-        raise LocalaiError(f"{path} is not UTF-8 text", "pass a plain UTF-8 text file to --calib") from None
+    text = read_text_file(path, "--calib", max_chars=tokens * CHARS_PER_TOKEN_BOUND)
     ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
     count = min(wanted, ids.numel() // seq_len)
     if count == 0:

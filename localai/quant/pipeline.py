@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from localai.errors import LocalaiError, UsageError
+from localai.infile import check_input_file
 
 METHODS = ("turboquant", "nf4", "int4")
 NF4_BLOCK = 64
@@ -76,9 +77,8 @@ def check_options(opts: QuantizeOptions, out: Path) -> None:
         if opts.calib_tokens < SEQ_LEN:
             raise UsageError(f"--calib-tokens {opts.calib_tokens} is less than one calibration sequence "
                              f"({SEQ_LEN} tokens)", f"use --calib-tokens {SEQ_LEN} or more")
-    if opts.calib_file is not None and not Path(opts.calib_file).is_file():
-        found = "is a folder, not a text file" if Path(opts.calib_file).is_dir() else "not found"
-        raise LocalaiError(f"calibration file {opts.calib_file} {found}", "check the path given to --calib")
+    if opts.calib_file is not None:
+        check_input_file(opts.calib_file, "--calib")
     _check_output(Path(out))
 
 
