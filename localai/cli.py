@@ -22,6 +22,7 @@ from typing import Optional
 import typer
 
 from localai import __version__
+from localai.console import is_closed_pipe
 from localai.errors import LocalaiError, UsageError
 from localai.settings import env_flag, settings
 
@@ -149,7 +150,9 @@ def guarded(fn):
 
 def _version(value: bool) -> None:
     if value:
-        sys.stdout.write(f"localai {__version__}\n")
+        from localai.console import out
+
+        out(f"localai {__version__}")  # a reader that left raises BrokenPipeError here, on Windows too
         raise typer.Exit(0)
 
 
@@ -244,7 +247,17 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _terminated)
     stop_on_ctrl_break()
     sys.unraisablehook = _ctrl_c_kept(sys.unraisablehook)
-    app(prog_name="localai")
+    try:
+        app(prog_name="localai")
+    except OSError as exc:
+        # --help into a pipe whose reader left, on Windows (EINVAL): click stops quietly with exit 1 on
+        # the EPIPE of other platforms, and so does this (a command's own writes are guarded)
+        if not is_closed_pipe(exc):
+            raise
+        _silence_stdout()
+        sys.exit(1)
+    finally:
+        _flush_stdout()  # what click left buffered after an EPIPE would fail again, loudly, at exit
 
 
 if __name__ == "__main__":

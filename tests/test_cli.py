@@ -154,19 +154,22 @@ cli.main()
 
 
 @pytest.mark.parametrize("windows", [False, True], ids=["posix", "windows"])
-def test_a_reader_that_left_stops_the_command_quietly(tmp_path, windows):
+@pytest.mark.parametrize("args, code", [(["list", "--aliases"], 0), (["--help"], 1), (["--version"], 1)],
+                         ids=["command", "help", "version"])
+def test_a_reader_that_left_stops_the_command_quietly(tmp_path, windows, args, code):
     """`localai list --aliases | head -1`: exit 0 and nothing on stderr, not even the "Exception ignored"
-    of the interpreter's last flush of stdout. Windows reports the closed pipe as EINVAL."""
+    of the interpreter's last flush of stdout. Windows reports the closed pipe as EINVAL. --help and
+    --version stop as click stops them (exit 1), quietly on Windows too."""
     launcher = ["-c", ON_A_WINDOWS_PIPE] if windows else ["-m", "localai"]
     reader, writer = os.pipe()
     os.close(reader)  # gone before the first line
     try:
-        done = subprocess.run([sys.executable, *launcher, "list", "--aliases"], stdout=writer,
+        done = subprocess.run([sys.executable, *launcher, *args], stdout=writer,
                               stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT, timeout=60,
                               env=dict(os.environ, LOCALAI_HOME=str(tmp_path)))
     finally:
         os.close(writer)
-    assert done.returncode == 0 and done.stderr == ""
+    assert done.returncode == code and done.stderr == ""
 
 
 @pytest.mark.parametrize("platform", ["win32", "linux"])
