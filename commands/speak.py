@@ -56,9 +56,11 @@ def main(
             session.feed(chunk)
         session.finish()
         session.close()
-    except KeyboardInterrupt:  # stop the sound now; the WAV keeps what was already spoken
+    except KeyboardInterrupt:  # stop the sound now; the WAV keeps what was already spoken, the JSON says so
         session.abort()
         session.close()
+        if json_output:
+            out_json({**_report(engine, voice_name, output, out, session), "interrupted": True})
         raise
     if session.error:
         raise LocalaiError(f"speech failed: {session.error}", "run with --debug, or try --tts fallback")
@@ -69,5 +71,9 @@ def main(
     info(f"spoke {len(session.timings)} sentence(s), {seconds:.1f} s of audio"
          + (f" -> {shown(out)}" if out else "") + f" [{engine.name}, voice {voice_name}]")
     if json_output:
-        out_json({"engine": engine.name, "voice": voice_name, "sample_rate": engine.sample_rate,
-                  "audio_s": round(seconds, 3), "out": str(out) if out else None, "sentences": session.timings})
+        out_json(_report(engine, voice_name, output, out, session))
+
+
+def _report(engine, voice_name: str, output, out: Optional[Path], session) -> dict:
+    return {"engine": engine.name, "voice": voice_name, "sample_rate": engine.sample_rate,
+            "audio_s": round(output.seconds, 3), "out": str(out) if out else None, "sentences": session.timings}

@@ -89,6 +89,36 @@ def assert_is_the_tone(audio: np.ndarray) -> None:
     assert len(audio) == len(TONE) and np.abs(audio - TONE).max() < 1 / 16000
 
 
+
+def test_ctrl_c_keeps_the_wav_and_the_json_of_what_was_spoken(tmp_path, localai_home, tone_engine, monkeypatch):
+    """As `generate --json` does: the document of the sentences already spoken, marked "interrupted"."""
+    from localai.tts import session as session_module, textin
+
+    sessions = []
+
+    class Recorded(session_module.SpeechSession):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            sessions.append(self)
+
+    def ctrl_c_once_one_sentence_was_spoken(stream):
+        yield "The first sentence. The second"
+        for _ in range(3000):
+            if sessions[0].timings:
+                break
+            threading.Event().wait(0.01)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(session_module, "SpeechSession", Recorded)
+    monkeypatch.setattr(textin, "text_chunks", ctrl_c_once_one_sentence_was_spoken)
+    wav = tmp_path / "x.wav"
+    result = runner.invoke(app, ["speak", "--out", str(wav), "--json"], input="")
+    assert result.exit_code == 130 and "interrupted" in result.stderr
+    report = json.loads(result.stdout)
+    assert report["interrupted"] is True and [s["text"] for s in report["sentences"]] == ["The first sentence."]
+    assert_is_the_tone(soundfile.read(wav, dtype="float32")[0])
+
+
 def test_speak_streams_a_wav_into_a_named_pipe(tmp_path, localai_home, tone_engine):
     fifo = tmp_path / "speech.wav"
     os.mkfifo(fifo)
