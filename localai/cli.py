@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import threading
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -178,10 +179,20 @@ def global_options(
         os.environ["HF_HUB_OFFLINE"] = "1"
     if device == "cpu":
         os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+    warnings.showwarning = _show_warning
     if settings.verbosity < 1:
         # bitsandbytes warns at every import that its optional CPU kernel, fetched from the hub
         # by the `kernels` package, is absent; its built-in kernel is used, nothing to fix
         logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A Python warning (a library's, or the CPU kernel's fallback) as the tool's own: one line, hidden
+    by --quiet; -v says where it was raised."""
+    from localai.console import warn
+
+    where = f" ({category.__name__}, {filename}:{lineno})" if settings.verbosity >= 1 else ""
+    warn(f"{message}{where}")
 
 
 def _register() -> None:

@@ -102,6 +102,26 @@ def test_quiet_silences_stderr_notes(localai_home):
     assert quiet.exit_code == 0 and quiet.stderr == "" and quiet.stdout == ""
 
 
+
+def test_python_warnings_are_one_line_and_quiet_silences_them(localai_home, monkeypatch):
+    """A library's warning (e.g. the CPU kernel falling back to torch) reads as the tool's own warnings do."""
+    import warnings
+
+    from localai.store import listing
+
+    def listed_with_a_warning():
+        warnings.warn("the native CPU kernel is unavailable, using the slower torch path")
+        return []
+
+    monkeypatch.setattr(listing, "list_models", listed_with_a_warning)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        loud, quiet, detailed = (runner.invoke(app, [*flags, "list"]) for flags in ([], ["-q"], ["-v"]))
+    assert loud.stderr.splitlines()[0] == "warning: the native CPU kernel is unavailable, using the slower torch path"
+    assert "UserWarning" not in loud.stderr
+    assert quiet.exit_code == 0 and quiet.stderr == ""
+    assert "(UserWarning, " in detailed.stderr
+
 def test_offline_sets_hf_hub_offline(localai_home, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE")
     result = runner.invoke(app, ["--offline", "list"])
