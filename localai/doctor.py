@@ -161,11 +161,17 @@ def cache_checks() -> list[Check]:
     from localai.store.listing import format_size
 
     checks = []
-    for name, folder in (("localai home", localai_home()), ("hf cache", hub_cache_dir())):
-        if not folder.exists():
+    for name, folder, setting in (("localai home", localai_home(), "LOCALAI_HOME"),
+                                  ("hf cache", hub_cache_dir(), "HF_HOME")):
+        # the folder, or the nearest one above it that it would be created in
+        existing = next((p for p in [folder, *folder.absolute().parents] if p.exists()), folder)
+        if not existing.is_dir():
+            detail = f"{folder} is a file" if existing == folder else f"{folder} is under {existing}, a file"
+            checks.append(missing(name, detail + ", not a folder", f"Point {setting} at a folder"))
+        elif not os.access(existing, os.W_OK):
+            checks.append(missing(name, f"{existing} is not writable", "Fix its permissions or point it elsewhere"))
+        elif not folder.exists():
             checks.append(note(name, f"{folder} (empty)"))
-        elif not os.access(folder, os.W_OK):
-            checks.append(missing(name, f"{folder} is not writable", "Fix its permissions or point it elsewhere"))
         else:
             checks.append(ok(name, f"{folder} ({format_size(folder_size(folder))})"))
     return checks

@@ -58,6 +58,16 @@ def test_cache_sizes_follow_the_folders(localai_home, tiny_llama):
     assert filled.status == "ok" and str(localai_home) in filled.detail and "KB" in filled.detail
 
 
+
+@pytest.mark.parametrize("under", [False, True], ids=["file", "under-a-file"])
+def test_a_home_that_is_a_file_is_missing_not_ok(localai_home, tmp_path, monkeypatch, under):
+    """LOCALAI_HOME=~/notes.txt: nothing can be written there, so doctor says so and how to fix it."""
+    file = tmp_path / "notes.txt"
+    file.write_text("not a folder")
+    monkeypatch.setenv("LOCALAI_HOME", str(file / "home" if under else file))
+    home = by_name(doctor.cache_checks())["localai home"]
+    assert home.status == "missing" and "not a folder" in home.detail and "LOCALAI_HOME" in home.hint
+
 def test_a_crashing_check_becomes_a_missing_record(monkeypatch, localai_home):
     def broken() -> list:
         raise RuntimeError("driver exploded")
