@@ -39,3 +39,7 @@ def main(
         return
     _table([["NAME", "SOURCE", "SIZE", "QUANTIZATION", "PATH"]]
            + [[e.name, e.source, format_size(e.size_bytes), e.quantization, e.path] for e in entries])
+    for e in entries:
+        if not e.complete:
+            info(f"{e.name}: the download was cut off; `localai download {e.name}` finishes it, "
+                 f"`localai rm {e.name}` removes it")

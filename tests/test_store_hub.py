@@ -44,7 +44,7 @@ def test_download_fetches_run_files_and_skips_them_the_second_time(tmp_path, hub
 
 def test_an_interrupted_download_is_not_taken_for_the_model(tmp_path, hub_repo):
     """A snapshot missing its weights (a download cut off between files) is not cached: where
-    says so, and the next download fetches what is missing, nothing else."""
+    says so, list marks it, and the next download fetches what is missing, nothing else."""
     with HubServer({"acme/tiny-llama": hub_repo}) as hub:
         env = online_env(tmp_path, hub.url)
         path = Path(run_cli("download", "acme/tiny-llama", env=env).stdout.strip())
@@ -52,11 +52,17 @@ def test_an_interrupted_download_is_not_taken_for_the_model(tmp_path, hub_repo):
         (path / "model.safetensors").unlink()  # as if cut off before the weights: no link, no blob
         blob.unlink()
         assert run_cli("where", "acme/tiny-llama", env=env).returncode == 1
+        listed = run_cli("list", env=env)
+        assert "incomplete download" in listed.stdout and "`localai download acme/tiny-llama`" in listed.stderr
+        [entry] = json.loads(run_cli("list", "--json", env=env).stdout)
+        assert entry["complete"] is False and entry["quantization"] == "incomplete download"
         hub.requests.clear()
         again = run_cli("download", "acme/tiny-llama", env=env)
         assert again.returncode == 0 and Path(again.stdout.strip()) == path, again.stderr
         assert [r.rsplit("/", 1)[-1] for r in hub.file_gets()] == ["model.safetensors"]
     assert (path / "model.safetensors").is_file()
+    [entry] = json.loads(run_cli("list", "--json", env=env).stdout)
+    assert entry["complete"] is True and entry["quantization"] == "none (float32)"
 
 
 def test_first_use_downloads(tmp_path, hub_repo):

@@ -21,6 +21,7 @@ class ModelEntry:
     size_bytes: int
     quantization: str
     store: str  # localai (LOCALAI_HOME) | hf-cache
+    complete: bool = True  # False: a hub download cut off before the weights; `download` finishes it
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -84,12 +85,24 @@ def _hub_entries() -> list[ModelEntry]:
     for repo in _hub_repos():
         snapshot = _newest_snapshot(repo)
         alias = alias_for_repo(repo.repo_id)
+        complete = snapshot is not None and _usable_snapshot(snapshot)
         entries.append(ModelEntry(
             name=alias.name if alias else repo.repo_id, source=f"hub:{repo.repo_id}",
             path=str(snapshot or repo.repo_path), size_bytes=int(repo.size_on_disk),
-            quantization=describe_quantization(snapshot) if snapshot else "unknown", store="hf-cache",
+            quantization=describe_quantization(snapshot) if complete else INCOMPLETE, store="hf-cache",
+            complete=complete,
         ))
     return entries
+
+
+INCOMPLETE = "incomplete download"
+
+
+def _usable_snapshot(snapshot: Path) -> bool:
+    """A model folder as `where` and the loaders take it, or the .gguf a hub import was made from."""
+    from localai.store.hub import snapshot_complete
+
+    return snapshot.is_dir() and (snapshot_complete(snapshot) or any(snapshot.glob("*.gguf")))
 
 
 def list_models() -> list[ModelEntry]:
