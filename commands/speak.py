@@ -9,7 +9,7 @@ import typer
 
 
 def main(
-    text: Optional[List[str]] = typer.Argument(None, help="Text to speak; read from stdin when absent."),
+    text: Optional[List[str]] = typer.Argument(None, help="Text to speak; - (or no text) reads it from stdin."),
     voice: Optional[str] = typer.Option(None, "--voice", help="Voice name (see --list-voices)."),
     lang: Optional[str] = typer.Option(None, "--lang", help="Language code (en, fr, de, ...) to pick a voice."),
     tts: str = typer.Option("auto", "--tts", help="auto, voxtral or fallback."),
@@ -29,7 +29,7 @@ def main(
     from localai.tts.engines import choose_voice, select_engine
     from localai.tts.player import open_output
     from localai.tts.session import SpeechSession
-    from localai.tts.textin import text_chunks
+    from localai.tts.textin import text_to_speak
     from localai.tts.wavfile import WAV_NAME_EXAMPLE
 
     if not text and not list_voices and sys.stdin.isatty():
@@ -50,7 +50,7 @@ def main(
     output = open_output(engine.sample_rate, play=out is None or play, out_path=out)
     session = SpeechSession(engine, voice_name, output, lang=engine.language(voice_name))
     try:
-        for chunk in ([" ".join(text)] if text else text_chunks(sys.stdin)):
+        for chunk in text_to_speak(text, sys.stdin):
             if session.error or output.unheard:  # do not wait for the rest of a slow pipe
                 break
             session.feed(chunk)

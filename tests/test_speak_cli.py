@@ -37,6 +37,15 @@ def test_speak_reads_stdin_and_writes_a_wav(tmp_path, localai_home):
     assert rate == 16000 and len(audio) > rate and rms(audio) > 0.02
 
 
+
+def test_speak_dash_reads_stdin_in_its_place(tmp_path, localai_home):
+    """`-` is stdin, as for generate: it was spoken as a dash (nothing) and the piped text was dropped."""
+    result = runner.invoke(app, ["speak", "--out", str(tmp_path / "x.wav"), "--json", "Before it.", "-", "After it."],
+                           input="From the pipe.\n")
+    assert result.exit_code == 0, result.stderr
+    spoken = " ".join(s["text"] for s in json.loads(result.stdout)["sentences"])
+    assert spoken == "Before it. From the pipe. After it."
+
 @pytest.mark.parametrize("mark, encoding", [(codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"),
                                             (codecs.BOM_UTF8, "utf-8")], ids=["utf-16-le", "utf-16-be", "utf-8"])
 def test_speak_reads_stdin_that_starts_with_a_byte_order_mark(tmp_path, localai_home, mark, encoding):

@@ -38,6 +38,18 @@ def text_chunks(stream: TextIO, size: int = 4096) -> Iterator[str]:
             return
 
 
+def text_to_speak(arguments: list[str], stdin: TextIO) -> Iterator[str]:
+    """The text of `speak`'s arguments, in order, one space apart; `-` stands for all of stdin
+    (read as it arrives), as do no arguments at all."""
+    for index, argument in enumerate(arguments or ["-"]):
+        if index:
+            yield " "
+        if argument == "-":
+            yield from text_chunks(stdin)
+        else:
+            yield argument
+
+
 def _decoder_for(start: bytes) -> codecs.IncrementalDecoder:
     """UTF-16 (the order its mark gives; the mark is not text), else UTF-8 without a leading mark."""
     encoding = "utf-16" if start.startswith(UTF16_BOMS) else "utf-8-sig"
