@@ -24,6 +24,7 @@ def main(
     import sys
 
     from localai.console import info, out as print_data, out_json, warn
+    from localai.engine.inputs import utf8_text
     from localai.errors import LocalaiError, UsageError
     from localai.outfile import STDOUT, check_output_path, shown
     from localai.tts.engines import choose_voice, select_engine
@@ -34,6 +35,8 @@ def main(
 
     if not text and not list_voices and sys.stdin.isatty():
         raise UsageError("no text to speak", "give TEXT or pipe text into stdin, e.g. `echo Hello | localai speak`")
+    for argument in text or []:  # bytes that are not UTF-8 (a Latin-1 shell), before the engine loads
+        utf8_text(argument, "the text argument")
     if out is not None and not list_voices:  # before the engine loads, not after
         if str(out) == STDOUT and json_output:
             raise UsageError("--json and --out - both write to stdout", "write the WAV to a file, or drop --json")

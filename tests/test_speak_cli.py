@@ -46,6 +46,17 @@ def test_speak_dash_reads_stdin_in_its_place(tmp_path, localai_home):
     spoken = " ".join(s["text"] for s in json.loads(result.stdout)["sentences"])
     assert spoken == "Before it. From the pipe. After it."
 
+
+def test_speak_text_argument_that_is_not_utf8_is_one_line(tmp_path, localai_home):
+    """A Latin-1 shell passes bytes that Python keeps as lone surrogates: refused as generate refuses them,
+    not 'speech failed: UnicodeEncodeError ... try --tts fallback' from the fallback engine itself."""
+    from cli_helpers import one_error_line, run_cli
+
+    done = run_cli("speak", "--tts", "fallback", "--out", str(tmp_path / "x.wav"), "caf\udce9 au lait.")
+    assert done.returncode == 1 and one_error_line(done.stderr) == \
+        "error: the text argument is not UTF-8 text. Convert it to UTF-8, e.g. with iconv"
+    assert not (tmp_path / "x.wav").exists()
+
 @pytest.mark.parametrize("mark, encoding", [(codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"),
                                             (codecs.BOM_UTF8, "utf-8")], ids=["utf-16-le", "utf-16-be", "utf-8"])
 def test_speak_reads_stdin_that_starts_with_a_byte_order_mark(tmp_path, localai_home, mark, encoding):
