@@ -66,7 +66,8 @@ def main(
             out_json({**_report(engine, voice_name, output, out, session), "interrupted": True})
         raise
     if session.error:
-        raise LocalaiError(f"speech failed: {session.error}", "run with --debug, or try --tts fallback")
+        raise LocalaiError(f"speech failed: {session.error}",
+                           "run with --debug" + (", or try --tts fallback" if engine.name != "fallback" else ""))
     output.raise_if_lost()
     seconds = output.seconds
     if not session.timings:

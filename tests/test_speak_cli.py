@@ -274,6 +274,7 @@ def test_speak_stops_reading_stdin_once_the_engine_failed(tmp_path, localai_home
     monkeypatch.setattr(textin, "text_chunks", slow_pipe)
     result = runner.invoke(app, ["speak", "--out", str(tmp_path / "f.wav")], input="")
     assert result.exit_code == 1 and "speech failed: RuntimeError: model exploded" in result.stderr
+    assert "--tts fallback" not in result.stderr  # the fallback engine is the one that failed
     assert len(read) < 100
 
 
