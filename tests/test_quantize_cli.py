@@ -232,6 +232,35 @@ def test_output_and_calibration_paths_are_checked_before_loading(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
 
 
+
+def test_an_output_folder_that_cannot_be_written_is_refused_before_loading(tmp_path):
+    """Not after the quantization, when the checkpoint is staged beside -o (a calibrated 8B model
+    takes hours). Root loses its permission override via setpriv."""
+    import shutil
+    import subprocess
+    import sys
+
+    from cli_helpers import REPO_ROOT
+
+    prefix = []
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root without setpriv: a read-only folder cannot be simulated")
+        prefix = [shutil.which("setpriv"), "--bounding-set=-dac_override,-dac_read_search"]
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    read_only.chmod(0o555)
+    try:
+        done = subprocess.run([*prefix, sys.executable, "-m", "localai", "quantize", str(tmp_path / "absent-model"),
+                               "-o", str(read_only / "q"), "--no-calib"], capture_output=True, text=True,
+                              timeout=120, cwd=REPO_ROOT, stdin=subprocess.DEVNULL)
+    finally:
+        read_only.chmod(0o755)
+    assert done.returncode == 1 and one_error_line(done.stderr) == (
+        f"error: cannot create {read_only / 'q'}: {read_only} is not writable (Permission denied). "
+        "Choose another -o folder")
+    assert list(read_only.iterdir()) == []
+
 def test_corrupt_quantized_checkpoint(data_free, tmp_path, text_file):
     import shutil
 

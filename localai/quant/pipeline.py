@@ -8,6 +8,8 @@ native layout) takes data-free turboquant only and stays in that layout.
 
 from __future__ import annotations
 
+import os
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -83,12 +85,20 @@ def check_options(opts: QuantizeOptions, out: Path) -> None:
 
 
 def _check_output(out: Path) -> None:
-    """-o must be an absent or empty folder whose nearest existing parent is a folder."""
+    """-o must be an absent or empty folder whose nearest existing parent is a folder we can write in:
+    the checkpoint is staged there, at the end of a quantization that may take hours."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise LocalaiError(f"{out} already exists", "choose another -o folder or remove it first")
     parent = next((p for p in out.absolute().parents if p.exists()), None)
-    if parent is not None and not parent.is_dir():
+    if parent is None:
+        return
+    if not parent.is_dir():
         raise LocalaiError(f"cannot create {out}: {parent} is a file, not a folder", "choose another -o folder")
+    try:  # a real write: permissions, read-only mounts and pseudo filesystems all answer it
+        os.rmdir(tempfile.mkdtemp(prefix=f".{out.name}.probe-", dir=parent))
+    except OSError as exc:
+        raise LocalaiError(f"cannot create {out}: {parent} is not writable ({exc.strerror or exc})",
+                           "choose another -o folder") from None
 
 
 def check_not_quantized(source: Path) -> None:
