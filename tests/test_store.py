@@ -352,6 +352,17 @@ def test_gguf_file_with_a_local_model_is_a_usage_error(localai_home, tiny_llama)
     assert result.exit_code == 2 and "--gguf-file needs a hub repo id" in one_error_line(result.stderr)
 
 
+@pytest.mark.parametrize("flags", [["--revision", "v1"], ["--include", "*.json"], ["--exclude", "*.bin"],
+                                   ["--allow-pickle"]])
+def test_hub_only_flags_with_a_local_model_are_a_usage_error(localai_home, tiny_llama, tmp_path, flags):
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    for model, what in ((tiny_llama, "a local folder"), (tmp_path / "m.gguf", "a local .gguf file")):
+        result = runner.invoke(app, ["download", str(model), *flags])
+        assert result.exit_code == 2, result.stderr
+        assert f"{flags[0]} applies to hub repos, and {model} is {what}" in one_error_line(result.stderr)
+    assert not any(localai_home.rglob("*.safetensors"))
+
+
 def test_list_is_empty_on_a_fresh_home(localai_home):
     assert json.loads(runner.invoke(app, ["list", "--json"]).stdout) == []
     empty = runner.invoke(app, ["list"])

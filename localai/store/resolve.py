@@ -198,6 +198,12 @@ def resolve_model(name_or_path: str, *, revision: Optional[str] = None, refresh:
     if gguf_file and ref.kind != "hub":
         raise UsageError("--gguf-file needs a hub repo id as MODEL",
                          "For example `localai download org/name --gguf-file x.gguf`")
+    hub_only = [flag for flag, given in (("--revision", revision), ("--include", include), ("--exclude", exclude),
+                                         ("--allow-pickle", allow_pickle)) if given]
+    if hub_only and ref.kind != "hub":
+        what = {"folder": "a local folder", "gguf": "a local .gguf file", "imported": "a model already in the store"}
+        raise UsageError(f"{hub_only[0]} applies to hub repos, and {name_or_path} is {what[ref.kind]}",
+                         f"drop {hub_only[0]}")
     if ref.kind == "folder":
         return check_model_folder(ref.path)
     if ref.kind == "imported":
