@@ -96,14 +96,16 @@ def _check_output_files(history: Optional[str], speak_out: Optional[str]) -> Non
     from localai.engine.conversation import CHAT_NAME_EXAMPLE
     from localai.errors import UsageError
     from localai.outfile import STDOUT, check_output_path
-    from localai.tts.wavfile import WAV_NAME_EXAMPLE
+    from localai.tts.wavfile import WAV_NAME_EXAMPLE, check_wav_path
 
     outputs = (("--history", history, CHAT_NAME_EXAMPLE), ("--speak-out", speak_out, WAV_NAME_EXAMPLE))
     for flag, path, example in outputs:
         if path == STDOUT:
             raise UsageError(f"{flag} - would mix into the answers on stdout", f"name a file, e.g. {flag} {example}")
-        if path:
-            check_output_path(path, flag, example)
+    if history:
+        check_output_path(history, "--history", CHAT_NAME_EXAMPLE)
+    if speak_out:
+        check_wav_path(speak_out, "--speak-out")
 
 
 def _check_room(max_new_tokens: int, context: int) -> None:

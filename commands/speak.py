@@ -26,12 +26,12 @@ def main(
     from localai.console import info, out as print_data, out_json, warn
     from localai.engine.inputs import utf8_text
     from localai.errors import LocalaiError, UsageError
-    from localai.outfile import STDOUT, check_output_path, shown
+    from localai.outfile import STDOUT, shown
     from localai.tts.engines import choose_voice, select_engine
     from localai.tts.player import open_output
     from localai.tts.session import SpeechSession
     from localai.tts.textin import text_to_speak
-    from localai.tts.wavfile import WAV_NAME_EXAMPLE
+    from localai.tts.wavfile import check_wav_path
 
     if not text and not list_voices and sys.stdin.isatty():
         raise UsageError("no text to speak", "give TEXT or pipe text into stdin, e.g. `echo Hello | localai speak`")
@@ -40,7 +40,7 @@ def main(
     if out is not None and not list_voices:  # before the engine loads, not after
         if str(out) == STDOUT and json_output:
             raise UsageError("--json and --out - both write to stdout", "write the WAV to a file, or drop --json")
-        check_output_path(out, "--out", WAV_NAME_EXAMPLE)
+        check_wav_path(out, "--out")
     engine = select_engine(tts, model=tts_model, quantize=quantize)
     if list_voices:
         if json_output:

@@ -223,6 +223,15 @@ def test_speak_checks_out_before_loading_the_engine(tmp_path, localai_home):
     assert "Voxtral" not in result.stderr
 
 
+@pytest.mark.parametrize("name", ["speech.mp3", "speech.FLAC", "speech.ogg"])
+def test_speak_refuses_an_out_name_of_another_audio_format(tmp_path, localai_home, name):
+    result = runner.invoke(app, ["speak", "--tts", "voxtral", "--out", str(tmp_path / name), "Hi."])
+    suffix = name.rsplit(".", 1)[1].upper()
+    assert result.exit_code == 2 and f"the speech is written as WAV, not {suffix}" in result.stderr
+    assert f"--out {tmp_path / 'speech.wav'}" in result.stderr and "Voxtral" not in result.stderr
+    assert not (tmp_path / name).exists()
+
+
 def test_speak_plays_through_the_speaker(speaker, localai_home):
     result = runner.invoke(app, ["speak", "--lang", "de", "Guten Tag."])
     assert result.exit_code == 0, result.stderr

@@ -62,6 +62,8 @@ def test_chat_speech_flags_are_checked_before_the_model_loads(tmp_path, localai_
     out = runner.invoke(app, ["chat", absent, "--speak-out", str(missing)], input="Hi\n")
     assert out.exit_code == 1 and f"the folder {missing.parent} does not exist" in out.stderr
     assert "loading" not in out.stderr
+    mp3 = runner.invoke(app, ["chat", absent, "--speak-out", str(tmp_path / "a.mp3")], input="Hi\n")
+    assert mp3.exit_code == 2 and "--speak-out" in mp3.stderr and "written as WAV, not MP3" in mp3.stderr
 
 
 

@@ -23,6 +23,21 @@ except ImportError:  # Windows: no file status flags to read
 
 WAV_NAME_EXAMPLE = "speech.wav"  # the file name in hints ("name a file, e.g. --out out/speech.wav")
 UNKNOWN_SIZE = 0xFFFFFFFF
+# names that promise another audio format: a WAV under one of them would not play as what it says
+OTHER_AUDIO_SUFFIXES = (".mp3", ".flac", ".ogg", ".oga", ".opus", ".m4a", ".aac", ".wma", ".aif", ".aiff")
+
+
+def check_wav_path(path: str | Path, flag: str) -> Path:
+    """The path to write the WAV to (see outfile.check_output_path), refused early when its name says
+    it is another audio format."""
+    from localai.errors import UsageError
+    from localai.outfile import check_output_path
+
+    suffix = Path(str(path)).suffix.lower()
+    if suffix in OTHER_AUDIO_SUFFIXES:
+        raise UsageError(f"{flag} {path}: the speech is written as WAV, not {suffix[1:].upper()}",
+                         f"name the file .wav, e.g. {flag} {Path(str(path)).with_suffix('.wav')}")
+    return check_output_path(path, flag, WAV_NAME_EXAMPLE)
 
 
 def streaming_header(sample_rate: int) -> bytes:
