@@ -84,7 +84,8 @@ def test_seeded_sampling_repeats_and_differs_by_seed():
 
 def test_sampling_params_are_checked():
     for bad in (dict(max_new_tokens=0), dict(top_p=0), dict(top_p=1.5), dict(min_p=1), dict(top_k=-1),
-                dict(repetition_penalty=0), dict(stop=("",))):
+                dict(repetition_penalty=0), dict(stop=("",)), dict(temperature=float("inf")),
+                dict(repetition_penalty=float("inf")), dict(temperature=float("nan"))):
         with pytest.raises(LocalaiError):
             SamplingParams(**bad).validate()
 
@@ -240,6 +241,9 @@ def test_jsonl_lines_carry_prompt_messages_and_options():
     ('{"prompt": 3}', "prompt must be a string"),
     ('{"prompt": "a", "max_new_tokens": "many"}', "max_new_tokens must be an integer"),
     ('{"prompt": "a", "top_p": 2}', "top_p must be in"),
+    ('{"prompt": "a", "max_new_tokens": 1e400}', "max_new_tokens must be an integer, got inf"),
+    ('{"prompt": "a", "max_new_tokens": NaN}', "max_new_tokens must be an integer, got nan"),
+    ('{"prompt": "a", "temperature": Infinity}', "temperature must be a number, got inf"),
     ('{"messages": [{"role": "robot", "content": "x"}]}', "bad message"),
 ])
 def test_a_malformed_jsonl_line_is_reported_with_its_number(line, message):

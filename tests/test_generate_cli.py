@@ -177,6 +177,7 @@ def test_stats_go_to_stderr_and_verbose_shows_the_sizing_arithmetic(tiny_llama, 
     (["--batch-size", "lots"], 2, "--batch-size must be auto or a positive number"),
     (["--temperature", "-1"], 2, "temperature must be 0"),
     (["--top-p", "0"], 2, "top_p must be in"),
+    (["--temperature", "inf"], 2, "must be finite numbers"),
     (["--json", "--jsonl"], 2, "--json and --jsonl exclude each other"),
     (["--seed", 2**64], 2, "seed must fit in 64 bits"),
 ])

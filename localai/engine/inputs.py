@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from dataclasses import dataclass, replace
 from typing import Iterable
 
@@ -93,7 +94,8 @@ def line_params(data: dict, defaults: SamplingParams) -> SamplingParams:
     for key, kind in OPTION_TYPES.items():
         if key in data:
             value = data[key]
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or (
+                    kind is int and value != int(value)):  # JSON's 1e400 and NaN are no numbers to sample with
                 raise LocalaiError(f"{key} must be {'an integer' if kind is int else 'a number'}, got {value!r}",
                                    "fix the option's value")
             changes[key] = kind(value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from localai.errors import LocalaiError
@@ -36,7 +37,9 @@ class SamplingParams:
     def validate(self, error: type[LocalaiError] = LocalaiError) -> "SamplingParams":
         """Raise `error` naming the first out-of-range setting; return self. Commands pass
         UsageError for values from their flags (exit 2); a request's own options are data (exit 1)."""
+        floats = (self.temperature, self.top_p, self.min_p, self.repetition_penalty)
         checks = [
+            (all(math.isfinite(value) for value in floats), "sampling options must be finite numbers, not inf or nan"),
             (self.max_new_tokens >= 1, "max_new_tokens must be at least 1"),
             (self.temperature >= 0, "temperature must be 0 (greedy) or more"),
             (self.top_k >= 0, "top_k must be 0 (off) or more"),
