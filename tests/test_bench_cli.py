@@ -146,6 +146,15 @@ def test_input_beyond_the_context(tiny_llama):
     assert "beyond the model's context of 512" in line
 
 
+def test_a_huge_input_len_is_refused_before_any_prompt_is_drawn(tiny_llama, monkeypatch):
+    def draw(*args):
+        raise AssertionError("drew random prompts beyond the context")
+
+    monkeypatch.setattr("localai.bench.session.random_workload", draw)
+    line = one_line_error(bench(tiny_llama, "--input-len", 10**9, "--output-len", 5))
+    assert "input 1000000000 + output 5 = 1000000005 tokens is beyond the model's context of 512" in line
+
+
 @pytest.mark.parametrize("args, message", [
     (["--compare", "dp,pp"], "--compare 'dp,pp'"),
     (["--dp", "2", "--tp", "2"], "not supported"),

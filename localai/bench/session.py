@@ -9,7 +9,7 @@ from pathlib import Path
 from localai.bench.model import ModelFacts, locate_model, model_facts
 from localai.bench.report import FORMATS, build_report, environment
 from localai.bench.runner import BenchPlan, RunsInterrupted, execute, make_plan
-from localai.bench.workload import Workload, check_context, file_workload, random_workload
+from localai.bench.workload import Workload, check_context, check_fits, check_lengths, file_workload, random_workload
 from localai.console import info, warn
 from localai.errors import LocalaiError, UsageError
 
@@ -129,9 +129,12 @@ def prepare(o: BenchOptions) -> Prepared:
 
 def _workload(o: BenchOptions, facts: ModelFacts, path: Path) -> Workload:
     if o.prompts is None:
+        input_len = DEFAULT_INPUT_LEN if o.input_len is None else o.input_len
+        check_lengths(DEFAULT_REQUESTS if o.num_requests is None else o.num_requests, input_len, o.output_len)
+        check_fits(input_len, o.output_len, facts.max_positions)
         return random_workload(facts.vocab_size, facts.special_ids,
                                DEFAULT_REQUESTS if o.num_requests is None else o.num_requests,
-                               DEFAULT_INPUT_LEN if o.input_len is None else o.input_len, o.output_len, o.seed)
+                               input_len, o.output_len, o.seed)
     from localai.loading import load_tokenizer
 
     tokenizer = load_tokenizer(path)

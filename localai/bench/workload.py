@@ -105,10 +105,16 @@ def check_context(workload: Workload, max_positions: int | None) -> None:
     """Every request must fit the model's context: input + output <= max positions."""
     if max_positions is None:
         return
-    needed = workload.max_input_len + workload.output_len
-    if needed > max_positions:
+    check_fits(workload.max_input_len, workload.output_len, max_positions)
+
+
+def check_fits(input_len: int, output_len: int, max_positions: int | None) -> None:
+    """input + output <= max positions; asked before random prompts are drawn, which a huge
+    --input-len would keep busy for minutes."""
+    needed = input_len + output_len
+    if max_positions is not None and needed > max_positions:
         raise LocalaiError(
-            f"input {workload.max_input_len} + output {workload.output_len} = {needed} tokens is beyond "
+            f"input {input_len} + output {output_len} = {needed} tokens is beyond "
             f"the model's context of {max_positions}",
             "use a smaller --input-len or --output-len")
 
