@@ -47,7 +47,8 @@ def main(
     if piped == "":
         raise UsageError("nothing to answer on stdin", "pipe a message in, or run in a terminal to chat")
     conversation = Conversation(system=system)
-    if history and Path(history).expanduser().exists():
+    if history and Path(history).expanduser().exists() and Path(history).expanduser().stat().st_size:
+        # an empty file (`--history "$(mktemp)"`, `touch chat.json`) starts a new conversation
         conversation = Conversation.load(history, "--history")
         conversation.system = system or conversation.system
 

@@ -71,6 +71,15 @@ def test_history_file_carries_the_conversation_across_runs(tiny_llama, engine, t
     assert not list(tmp_path.glob(".*tmp"))
 
 
+def test_an_empty_history_file_starts_a_new_conversation(tiny_llama, engine, tmp_path, localai_home):
+    history = tmp_path / "talk.json"
+    history.touch()  # as `--history "$(mktemp)"` gives it
+    result = chat(tiny_llama, "--temperature", 0, "--max-new-tokens", 6, "--history", history, input="Hello\n")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == greedy_answer(engine, [{"role": "user", "content": "Hello"}], 6) + "\n"
+    assert [m["role"] for m in json.loads(history.read_text())["messages"]] == ["user", "assistant"]
+
+
 def test_ctrl_c_during_a_piped_answer_exits_130_and_keeps_the_partial_answer(tiny_llama, tmp_path, localai_home,
                                                                              monkeypatch):
     from localai.engine.api import Engine
