@@ -253,7 +253,15 @@ def tolerate_unencodable_output() -> None:
         sys.stdout.reconfigure(errors="replace")
 
 
+def closed_stdin_reads_empty() -> None:
+    """A closed stdin (`localai generate MODEL <&-`, some service managers) leaves sys.stdin None;
+    read it as empty, like /dev/null, so the commands that read stdin say there is nothing there."""
+    if sys.stdin is None:
+        sys.stdin = open(os.devnull, encoding="utf-8")
+
+
 def main() -> None:
+    closed_stdin_reads_empty()
     tolerate_unencodable_output()
     signal.signal(signal.SIGTERM, _terminated)
     stop_on_ctrl_break()

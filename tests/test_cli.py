@@ -314,6 +314,16 @@ def test_generate_jsonl_fields(tiny_llama):
     assert data["prompt"] == "Hi"
 
 
+@pytest.mark.parametrize("command, message", [("generate", "no prompts given"),
+                                              ("chat", "nothing to answer on stdin")])
+def test_a_closed_stdin_reads_as_empty(tmp_path, command, message):
+    script = f'exec <&-; exec "$0" -m localai --device cpu {command} "{tmp_path / "absent"}"'
+    done = subprocess.run(["bash", "-c", script, sys.executable], capture_output=True, text=True, cwd=REPO_ROOT,
+                          timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr and "Traceback" not in done.stderr
+
+
 def test_generate_unknown_model(localai_home):
     result = runner.invoke(app, ["generate", "no-such-model", "hi"])
     assert result.exit_code == 1 and result.stdout == ""
