@@ -316,3 +316,36 @@ def test_output_files_are_checked_before_loading(tmp_path, localai_home):
         result = runner.invoke(app, ["chat", absent, flag, "-"], input="Hi\n")
         assert result.exit_code == 2 and f"{flag} - would mix into the answers on stdout" in result.stderr
     assert not missing.parent.exists()
+
+
+def test_with_stdout_redirected_the_prompt_goes_to_the_terminal_and_stdout_holds_the_answers(tiny_llama, tmp_path):
+    import pty
+    import select
+    import subprocess
+    import sys
+    import time
+
+    env = dict(os.environ, LOCALAI_HOME=str(tmp_path / "home"), HF_HUB_OFFLINE="1", TERM="dumb")
+    controller, terminal = pty.openpty()  # stdin and stderr on a terminal, stdout to a pipe: `chat | tee log`
+    process = subprocess.Popen([sys.executable, "-m", "localai", "--device", "cpu", "chat", str(tiny_llama),
+                                "--temperature", "0", "--max-new-tokens", "6"],
+                               stdin=terminal, stdout=subprocess.PIPE, stderr=terminal, env=env)
+    os.close(terminal)
+    seen = b""
+
+    def prompts_on_the_terminal(count):
+        nonlocal seen
+        deadline = time.time() + 60
+        while seen.count(b"> ") < count and time.time() < deadline and process.poll() is None:
+            if select.select([controller], [], [], 0.2)[0]:
+                seen += os.read(controller, 4096)
+        return seen.count(b"> ") >= count
+
+    assert prompts_on_the_terminal(1), seen
+    os.write(controller, b"Hello\n")
+    assert prompts_on_the_terminal(2), seen
+    os.write(controller, b"\x04")
+    stdout, _ = process.communicate(timeout=60)
+    os.close(controller)
+    assert process.returncode == 0
+    assert b"> " not in stdout and stdout.endswith(b"\n") and stdout.count(b"\n") == 1, stdout

@@ -8,6 +8,7 @@ sinks too (an answer still being spoken falls silent). Ctrl-D or /exit ends the 
 
 from __future__ import annotations
 
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable
@@ -30,7 +31,8 @@ HELP = """commands:
 class ChatRepl:
     def __init__(self, engine, conversation: Conversation, params: SamplingParams, plan, *,
                  tee: list | None = None, history_file: Path | None = None,
-                 notice: Callable[[str], None] = print, write: Callable[[str], None] | None = None):
+                 notice: Callable[[str], None] = print, write: Callable[[str], None] | None = None,
+                 prompt_write: Callable[[str], None] | None = None):
         self.engine = engine
         self.conversation = conversation
         self.params = params
@@ -39,6 +41,7 @@ class ChatRepl:
         self.history_file = history_file
         self.notice = notice
         self.write = write or _stdout_write
+        self.prompt_write = prompt_write or _prompt_stream_write  # the line end after Ctrl-D or Ctrl-C at "> "
         self.turns = 0
         self.interrupted = False  # the last answer was stopped by Ctrl-C
 
@@ -127,19 +130,20 @@ class ChatRepl:
         return True
 
     # --- the loop ----------------------------------------------------------------------
-    def run(self, read_line: Callable[[str], str] = input) -> None:
+    def run(self, read_line: Callable[[str], str] | None = None) -> None:
         """Interactive loop until /exit or end of input; errors of one turn are shown and the loop goes on."""
         self.notice("type /help for commands, Ctrl-D to leave")
+        read_line = read_line or read_prompted_line
         while True:
             try:
                 line = read_line("> ").strip()
             except EOFError:
-                self.write("\n")
+                self.prompt_write("\n")
                 return
             except KeyboardInterrupt:  # a fresh prompt; an answer still being spoken stops
                 for sink in self.tee:
                     sink.abort()
-                self.write("\n")
+                self.prompt_write("\n")
                 continue
             if not line:
                 continue
@@ -157,6 +161,26 @@ class ChatRepl:
 
 def _stdout_write(text: str) -> None:
     out(text, end="")
+
+
+def prompt_stream():
+    """Where the "> " prompt goes: stdout in a terminal, stderr when stdout is a pipe or a file
+    (`chat | tee answers.txt`), which then carries the answers only."""
+    return sys.stdout if sys.stdout.isatty() else sys.stderr
+
+
+def _prompt_stream_write(text: str) -> None:
+    stream = prompt_stream()
+    stream.write(text)
+    stream.flush()
+
+
+def read_prompted_line(prompt: str) -> str:
+    """input(prompt), with the prompt on prompt_stream()."""
+    if prompt_stream() is sys.stdout:
+        return input(prompt)  # readline draws the prompt, and draws it again while the line is edited
+    _prompt_stream_write(prompt)
+    return input()
 
 
 def enable_line_editing(history_path: Path) -> Callable[[], None]:
