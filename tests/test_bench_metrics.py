@@ -1,5 +1,6 @@
 """Metric arithmetic of `localai bench` on hand-made timelines."""
 
+import json
 import math
 import re
 
@@ -111,6 +112,13 @@ def test_prompts_file_reads_text_and_json_lines(tmp_path):
     path = tmp_path / "prompts.txt"
     path.write_bytes('\ufeff{"prompt": "caf\u00e9"}\r\n\n  plain text  \n{"prompt": "", "id": 3}\n'.encode("utf-8"))
     assert read_prompts_file(path) == ["caf\u00e9", "plain text", ""]
+
+
+def test_a_prompt_holding_a_unicode_line_separator_stays_one_prompt(tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    text = "one\u2028two\x85three\x0cfour"
+    path.write_text(json.dumps({"prompt": text}, ensure_ascii=False) + "\n" + text + "\r\nlast\n", encoding="utf-8")
+    assert read_prompts_file(path) == [text, text, "last"]
 
 
 @pytest.mark.parametrize("content, message", [

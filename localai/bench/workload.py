@@ -58,7 +58,9 @@ def read_prompts_file(path: Path) -> list[str]:
     """One prompt per line; a line that starts with `{` is JSON with a "prompt" field."""
     text = read_text_file(path, "--prompts").removeprefix("\ufeff")  # a byte-order mark is no prompt
     prompts = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    # lines end at "\n" only (reading made "\r\n" and "\r" one): str.splitlines() also cuts at
+    # U+2028, U+0085 and form feeds, which JSON strings may hold as they are
+    for number, line in enumerate(text.split("\n"), start=1):
         line = line.strip()
         if not line:
             continue
