@@ -162,6 +162,7 @@ def test_a_huge_input_len_is_refused_before_any_prompt_is_drawn(tiny_llama, monk
     (["--emit", "sglang"], "--emit 'sglang'"),
     (["--decode-mode", "fast"], "--decode-mode 'fast'"),
     (["--tp", "0"], "both count processes, at least 1"),
+    (["--scaling"], "--dp 1 --tp 1 is one process"),
     (["--dp", "-1"], "both count processes, at least 1"),
     (["--num-requests", "0"], "--num-requests 0 is not a positive number"),
     (["--dp", "2", "--num-requests", "1"], "1 request(s) leave some of the 2 replicas idle"),

@@ -75,6 +75,9 @@ def _check_flags(o: BenchOptions) -> tuple[bool, int | None]:
     if o.dp > 1 and o.tp > 1 and not compare:
         raise UsageError("--dp and --tp together (hybrid parallelism) is not supported",
                          "use one of them, or --compare dp,tp with --dp N")
+    if o.scaling and not (compare or o.emit) and o.dp == o.tp == 1:  # it would run the one process twice
+        raise UsageError("--scaling sets N processes against one alone, and --dp 1 --tp 1 is one process",
+                         "add --dp N or --tp N with N of 2 or more, or drop --scaling")
     if compare and o.dp > 1 and o.tp > 1 and o.dp != o.tp:
         raise UsageError("--compare dp,tp runs both on the same devices", "give one of --dp N or --tp N")
     if o.decode_mode not in (None, "eager", "graphs", "compile"):
