@@ -117,8 +117,9 @@ def test_prompts_file_reads_text_and_json_lines(tmp_path):
 def test_a_prompt_holding_a_unicode_line_separator_stays_one_prompt(tmp_path):
     path = tmp_path / "prompts.jsonl"
     text = "one\u2028two\x85three\x0cfour"
-    path.write_text(json.dumps({"prompt": text}, ensure_ascii=False) + "\n" + text + "\r\nlast\n", encoding="utf-8")
-    assert read_prompts_file(path) == [text, text, "last"]
+    path.write_text(json.dumps({"prompt": text}, ensure_ascii=False) + "\n" + text + "\r\nlast\rbut one\n",
+                    encoding="utf-8")
+    assert read_prompts_file(path) == [text, text, "last", "but one"]
 
 
 @pytest.mark.parametrize("content, message", [

@@ -7,6 +7,7 @@ so every request produces exactly `output_len` tokens.
 
 from __future__ import annotations
 
+import io
 import json
 import random
 from dataclasses import asdict, dataclass
@@ -58,9 +59,9 @@ def read_prompts_file(path: Path) -> list[str]:
     """One prompt per line; a line that starts with `{` is JSON with a "prompt" field."""
     text = read_text_file(path, "--prompts").removeprefix("\ufeff")  # a byte-order mark is no prompt
     prompts = []
-    # lines end at "\n" only (reading made "\r\n" and "\r" one): str.splitlines() also cuts at
-    # U+2028, U+0085 and form feeds, which JSON strings may hold as they are
-    for number, line in enumerate(text.split("\n"), start=1):
+    # lines end at "\n", "\r\n" or "\r" only: str.splitlines() also cuts at U+2028, U+0085 and form
+    # feeds, which JSON strings may hold as they are
+    for number, line in enumerate(io.StringIO(text, newline=None), start=1):
         line = line.strip()
         if not line:
             continue
