@@ -187,6 +187,26 @@ def test_ctrl_c_stops_the_answer_but_not_the_session(engine):
     assert len(repl.conversation.messages) == 2  # the partial answer stays in the history
 
 
+def test_a_reader_of_the_answers_that_left_keeps_the_turn_in_the_history(engine, tmp_path):
+    """`echo Hi | chat --history h.json | head -c 20`: the pipe closes mid-answer; the command stops
+    quietly, and the history holds the question and the answer so far, as after Ctrl-C."""
+    from localai.engine.conversation import Conversation as Saved
+
+    repl, _, written = make_repl(engine, new_tokens=40)
+    repl.history_file = tmp_path / "h.json"
+
+    def write_until_the_reader_leaves(text):
+        if len(written) == 3:
+            raise BrokenPipeError
+        written.append(text)
+
+    repl.write = write_until_the_reader_leaves
+    with pytest.raises(BrokenPipeError):
+        repl.answer("Hello")
+    saved = Saved.load(tmp_path / "h.json").messages
+    assert [m["role"] for m in saved] == ["user", "assistant"] and saved[1]["content"].startswith("".join(written))
+
+
 def test_an_answer_that_fails_midway_leaves_nothing_in_the_sinks_for_the_next(engine, monkeypatch):
     sink = RecordingSink()
     repl, notices, _ = make_repl(engine, new_tokens=20, sink=sink)

@@ -61,7 +61,7 @@ class ChatRepl:
         self.turns += 1
         request = Request(prompt_ids=ids, params=params, id=self.turns, prompt=text)
         pieces: list[str] = []
-        self.interrupted = False
+        self.interrupted = reader_left = False
         try:
             for event in self.engine.stream([request], plan=self.plan):
                 if event.text:
@@ -76,12 +76,15 @@ class ChatRepl:
             self.write("\n")
             self.notice("(stopped)")
             self.interrupted = True
-        except Exception:  # the answer failed: its unfinished sentence must not start the next answer
+        except Exception as exc:  # the answer failed: its unfinished sentence must not start the next answer
+            reader_left = isinstance(exc, BrokenPipeError)  # `chat | head`: the command stops quietly next
             for sink in self.tee:
                 sink.abort()
             raise
         finally:
             self.conversation.add("assistant", "".join(pieces))
+            if reader_left:  # the turn is kept, as after Ctrl-C
+                self._autosave()
         self._autosave()
         return "".join(pieces)
 
