@@ -57,7 +57,8 @@ def main(
     from localai.engine.repl import ChatRepl, enable_line_editing
     from localai.settings import localai_home
 
-    _check_room(max_new_tokens, context)  # as given; checked again against the model's and memory's limits
+    _check_room(max_new_tokens, context, "lower --max-new-tokens, or raise --context")  # as given; checked
+    # again against the model's and memory's limits, which a larger --context does not move
     info(f"loading {model}...")
     engine = Engine.load(model, dtype=dtype, notice=info)
     if not getattr(engine.tokenizer, "chat_template", None):
@@ -109,9 +110,9 @@ def _check_output_files(history: Optional[str], speak_out: Optional[str]) -> Non
         check_wav_path(speak_out, "--speak-out")
 
 
-def _check_room(max_new_tokens: int, context: int) -> None:
+def _check_room(max_new_tokens: int, context: int, hint: str = "lower --max-new-tokens") -> None:
     from localai.errors import UsageError
 
     if context <= max_new_tokens:
         raise UsageError(f"--max-new-tokens {max_new_tokens} leaves no room for the prompt in a "
-                         f"{context}-token context", "lower --max-new-tokens")
+                         f"{context}-token context", hint)

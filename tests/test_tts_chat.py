@@ -66,17 +66,18 @@ def test_chat_speech_flags_are_checked_before_the_model_loads(tmp_path, localai_
     assert mp3.exit_code == 2 and "--speak-out" in mp3.stderr and "written as WAV, not MP3" in mp3.stderr
 
 
-
 def test_chat_refuses_an_answer_longer_than_the_context_before_opening_the_wav(tiny_llama, tmp_path, localai_home):
     wav = tmp_path / "a.wav"
     result = runner.invoke(app, ["--device", "cpu", "chat", str(tiny_llama), "--speak-out", str(wav),
                                  "--max-new-tokens", "600"], input="Hi\n")  # the tiny model's context: 512
     assert result.exit_code == 2 and "leaves no room for the prompt in a 512-token context" in result.stderr
+    assert "--context" not in result.stderr  # the model's own limit: a larger --context cannot help
     assert list(tmp_path.iterdir()) == []  # no WAV, empty or temporary
 
 
 @pytest.mark.parametrize("context, message", [("-5", "Invalid value for '--context'"),
-                                              ("300", "leaves no room for the prompt in a 300-token context")])
+                                              ("300", "leaves no room for the prompt in a 300-token context. "
+                                                      "Lower --max-new-tokens, or raise --context")])
 def test_a_context_with_no_room_for_the_prompt_is_refused_before_the_model_loads(tmp_path, context, message):
     result = runner.invoke(app, ["chat", str(tmp_path / "absent"), "--context", context], input="Hi\n")
     assert result.exit_code == 2 and message in result.stderr, result.stderr
