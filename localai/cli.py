@@ -253,15 +253,18 @@ def tolerate_unencodable_output() -> None:
         sys.stdout.reconfigure(errors="replace")
 
 
-def closed_stdin_reads_empty() -> None:
-    """A closed stdin (`localai generate MODEL <&-`, some service managers) leaves sys.stdin None;
-    read it as empty, like /dev/null, so the commands that read stdin say there is nothing there."""
-    if sys.stdin is None:
-        sys.stdin = open(os.devnull, encoding="utf-8")
+def closed_streams_to_null_device() -> None:
+    """A closed stdin, stdout or stderr (`<&-`, `>&-`, some service managers) leaves sys.stdin, sys.stdout
+    or sys.stderr None, and the first use fails with an AttributeError. Each gets the null device, opened
+    on its own descriptor (the lowest free one), so no file opened later takes that descriptor: stdin reads
+    as empty, and the commands that read it say there is nothing there; output is dropped."""
+    for name, flags, mode in (("stdin", os.O_RDONLY, "r"), ("stdout", os.O_WRONLY, "w"), ("stderr", os.O_WRONLY, "w")):
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(os.open(os.devnull, flags), mode, encoding="utf-8"))
 
 
 def main() -> None:
-    closed_stdin_reads_empty()
+    closed_streams_to_null_device()
     tolerate_unencodable_output()
     signal.signal(signal.SIGTERM, _terminated)
     stop_on_ctrl_break()
