@@ -40,7 +40,7 @@ def run(
     input_len: Optional[int] = typer.Option(None, "--input-len", help="Tokens per synthetic prompt [default: 128]."),
     output_len: int = typer.Option(128, "--output-len", help="Tokens generated per request (EOS ignored)."),
     num_requests: Optional[int] = typer.Option(None, "--num-requests", help="Requests in all [default: 32, or the prompts file's count]."),
-    prompts: Optional[Path] = typer.Option(None, "--prompts", help="Prompts file (one per line, or JSONL with \"prompt\") instead of random tokens."),
+    prompts: Optional[Path] = typer.Option(None, "--prompts", help="Prompts file (one per line, or JSONL with \"prompt\"; a .txt file is always plain lines) instead of random tokens."),
     batch_size: str = typer.Option("auto", "--batch-size", metavar="auto|N", help="auto, or the most requests one replica runs at once."),
     warmup: Optional[int] = typer.Option(None, "--warmup", help="Untimed warm-up requests per replica [default: one batch]."),
     repeats: int = typer.Option(1, "--repeats", help="Timed repeats; reports mean ± sd."),

@@ -13,7 +13,8 @@ def main(
     prompts: Optional[List[str]] = typer.Argument(None, metavar="[PROMPT]...",
                                                   help="Prompts, one per argument; - reads them from stdin."),
     file: Optional[str] = typer.Option(None, "--file", "-f", help="Prompts file: one per line, or JSONL "
-                                       "with prompt/messages and per-request options; - = stdin."),
+                                       "with prompt/messages and per-request options (a .txt file is always "
+                                       "plain lines); - = stdin."),
     jsonl: bool = typer.Option(False, "--jsonl", help="One JSON object per request, in input order."),
     json_output: bool = typer.Option(False, "--json", help="One JSON document with every result and the stats."),
     batch_size: str = typer.Option("auto", "--batch-size", metavar="auto|N", help="Sequences decoded together: auto or N."),

@@ -46,7 +46,7 @@ def one_line_error(result, code=1):
 
 @TWO_CORES
 def test_dp2_with_scaling_from_a_prompts_file(tiny_llama, tmp_path):
-    prompts = tmp_path / "prompts.txt"
+    prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("The capital of France is\n{\"prompt\": \"Hello world! How are you\"}\nLocal models run\n")
     result = bench(tiny_llama, "--dp", 2, "--scaling", "--prompts", prompts, "--num-requests", 5, *SMALL_FROM_FILE,
                    "--repeats", 2, "--format", "json")

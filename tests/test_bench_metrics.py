@@ -109,9 +109,15 @@ def test_workload_lengths_are_checked():
 
 
 def test_prompts_file_reads_text_and_json_lines(tmp_path):
-    path = tmp_path / "prompts.txt"
+    path = tmp_path / "prompts.jsonl"
     path.write_bytes('\ufeff{"prompt": "caf\u00e9"}\r\n\n  plain text  \n{"prompt": "", "id": 3}\n'.encode("utf-8"))
     assert read_prompts_file(path) == ["caf\u00e9", "plain text", ""]
+
+
+def test_every_line_of_a_txt_prompts_file_is_plain_text(tmp_path):
+    path = tmp_path / "questions.TXT"
+    path.write_text('{"a": 1} -- what does this JSON mean?\n{x} is a placeholder. Explain.\n')
+    assert read_prompts_file(path) == ['{"a": 1} -- what does this JSON mean?', "{x} is a placeholder. Explain."]
 
 
 def test_a_prompt_holding_a_unicode_line_separator_stays_one_prompt(tmp_path):
@@ -123,15 +129,15 @@ def test_a_prompt_holding_a_unicode_line_separator_stays_one_prompt(tmp_path):
 
 
 @pytest.mark.parametrize("content, message", [
-    (b'ok\n{"prompt": null}\n', "prompts.txt:2: not a JSON object with a \"prompt\" string"),
-    (b'{"prompt": 5}\n', "prompts.txt:1: not a JSON object"),
-    (b'{"text": "hi"}\n', "prompts.txt:1: not a JSON object"),
-    (b'{oops\n', "prompts.txt:1: not a JSON object"),
+    (b'ok\n{"prompt": null}\n', "prompts.jsonl:2: not a JSON object with a \"prompt\" string"),
+    (b'{"prompt": 5}\n', "prompts.jsonl:1: not a JSON object"),
+    (b'{"text": "hi"}\n', "prompts.jsonl:1: not a JSON object"),
+    (b'{oops\n', "prompts.jsonl:1: not a JSON object"),
     (b"caf\xe9\n", "is not UTF-8 text (invalid continuation byte at byte 3)"),
     (b"\n  \n", "has no prompts"),
 ])
 def test_bad_prompts_files_are_one_line_errors(tmp_path, content, message):
-    path = tmp_path / "prompts.txt"
+    path = tmp_path / "prompts.jsonl"
     path.write_bytes(content)
     with pytest.raises(LocalaiError, match=re.escape(message)):
         read_prompts_file(path)

@@ -216,11 +216,20 @@ def test_plain_lines_are_one_prompt_each_and_blank_lines_are_skipped():
     assert [s.prompt for s in specs] == ["first prompt", "second prompt"]
 
 
-@pytest.mark.parametrize("source", ["p.txt", "p.jsonl", "<stdin>"])
+@pytest.mark.parametrize("source", ["prompts", "p.jsonl", "<stdin>"])
 def test_a_byte_order_mark_before_the_first_line_is_not_part_of_it(source):
     jsonl = parse_lines(['\ufeff{"prompt": "a"}\n', '{"prompt": "b"}\n'], source, SamplingParams())
     assert [s.prompt for s in jsonl] == ["a", "b"]
     assert [s.prompt for s in parse_lines(["\ufeffplain\n"], "p.txt", SamplingParams())] == ["plain"]
+
+
+def test_a_txt_file_is_plain_lines_and_a_jsonl_file_json_whatever_they_start_with():
+    lines = ['{"a": 1} -- what does this JSON mean?\n', "plain\n"]
+    assert [s.prompt for s in parse_lines(lines, "Q.TXT", SamplingParams())] == [line.strip() for line in lines]
+    with pytest.raises(LocalaiError, match="^q.jsonl:1: not valid JSON"):
+        parse_lines(["plain\n"], "q.jsonl", SamplingParams())
+    with pytest.raises(LocalaiError, match="^q.prompts:1: not valid JSON"):
+        parse_lines(lines, "q.prompts", SamplingParams())  # any other name: JSONL when it starts with {
 
 
 def test_jsonl_lines_carry_prompt_messages_and_options():

@@ -56,7 +56,9 @@ def random_workload(vocab_size: int, special_ids: set[int], num_requests: int, i
 
 
 def read_prompts_file(path: Path) -> list[str]:
-    """One prompt per line; a line that starts with `{` is JSON with a "prompt" field."""
+    """One prompt per line; a line that starts with `{` is JSON with a "prompt" field, except in a .txt
+    file, whose lines are all plain text."""
+    plain = Path(path).suffix.lower() == ".txt"
     text = read_text_file(path, "--prompts").removeprefix("\ufeff")  # a byte-order mark is no prompt
     prompts = []
     # lines end at "\n", "\r\n" or "\r" only: str.splitlines() also cuts at U+2028, U+0085 and form
@@ -65,7 +67,7 @@ def read_prompts_file(path: Path) -> list[str]:
         line = line.strip()
         if not line:
             continue
-        if line.startswith("{"):
+        if line.startswith("{") and not plain:
             line = _json_prompt(path, number, line)
         prompts.append(line)
     if not prompts:

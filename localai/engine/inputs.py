@@ -36,8 +36,11 @@ class PromptSpec:
 
 
 def looks_like_jsonl(source: str, lines: list[str]) -> bool:
-    if source.endswith(".jsonl"):
-        return True
+    """A .jsonl file is JSONL and a .txt file plain lines, whatever they start with; any other source
+    (stdin included) is JSONL when its first line that is not blank starts with `{`."""
+    suffix = source.lower().rpartition(".")[2] if "." in source else ""
+    if suffix in ("jsonl", "txt"):
+        return suffix == "jsonl"
     first = next((line.strip() for line in lines if line.strip()), "")
     return first.startswith("{")
 
