@@ -93,12 +93,15 @@ def test_a_final_period_waits_for_the_next_character():
     assert splitter.flush() == []
 
 
-def test_fenced_code_stays_in_one_piece():
-    text = "Run this:\n```\nx = 1. y = 2.\nprint(x)\n```\nThat prints one."
+@pytest.mark.parametrize("fence", ["```", "~~~"])
+def test_fenced_code_stays_in_one_piece(fence):
+    text = f"Run this:\n{fence}\nx = 1. y = 2.\nprint(x)\n{fence}\nThat prints one."
     sentences = split_streamed(text, 5)
-    assert sentences[0].startswith("Run this:\n```") and sentences[0].endswith("```")
+    assert sentences[0].startswith(f"Run this:\n{fence}") and sentences[0].endswith(fence)
     assert sentences[1] == "That prints one."
-    assert find_boundary("```\nunclosed. still code. ") is None
+    assert find_boundary(f"{fence}\nunclosed. still code. ") is None
+    # spoken: no code, and the sentence after the block is not lost with it
+    assert [prepare_for_speech(s) for s in sentences] == ["Run this:", "That prints one."]
 
 
 @pytest.mark.parametrize("step", [7, 10_000])

@@ -6,7 +6,7 @@ without a space (Chinese, Japanese), or at a line break. Not at abbreviations ("
 decimals ("3.14"), list numbers ("2. item"), except where one that often ends a sentence ("etc.",
 "p.m.") is followed by a capital letter. A period at the very end of the text seen so
 far waits for the next character. Sentences shorter than `min_chars` are held and joined
-with the next one; fenced code blocks stay whole; `flush()` returns whatever is left.
+with the next one; fenced code blocks (``` or ~~~) stay whole; `flush()` returns whatever is left.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ SENTENCE_FINAL = frozenset("etc a.m p.m inc ltd corp jr".split())
 WIDE_TERMINATORS = "。！？｡"  # end a sentence without a space after them
 TERMINATORS = ".!?…।॥؟" + WIDE_TERMINATORS
 CLOSERS = "\"')]}”’»」』）】》〕"
-FENCE = "```"
+FENCES = ("```", "~~~")
 
 
 def _word_before(text: str, end: int) -> str:
@@ -45,11 +45,12 @@ def find_boundary(text: str) -> int | None:
     """Index just past the first certain sentence end in `text`, or None if none is certain yet."""
     i, n = 0, len(text)
     while i < n:
-        if text.startswith(FENCE, i):
-            close = text.find(FENCE, i + len(FENCE))
+        if text.startswith(FENCES, i):
+            fence = text[i:i + 3]
+            close = text.find(fence, i + 3)
             if close < 0:
                 return None  # wait for the block to close
-            i = close + len(FENCE)
+            i = close + 3
             continue
         char = text[i]
         if char == "\n":
@@ -107,7 +108,7 @@ class SentenceSplitter:
     def _forced_cut(self) -> int | None:
         """A run-on text longer than max_chars is cut after its last comma or space."""
         window = self.buffer[:self.max_chars]
-        if len(self.buffer) <= self.max_chars or FENCE in window:  # not inside a code block
+        if len(self.buffer) <= self.max_chars or any(fence in window for fence in FENCES):  # not in a code block
             return None
         cut = max(window.rfind(", "), window.rfind("; "))
         return (cut + 2) if cut > 0 else (window.rfind(" ") + 1 or self.max_chars)
