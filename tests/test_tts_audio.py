@@ -161,6 +161,36 @@ def test_ctrl_c_while_close_waits_stops_the_speech_and_finishes_the_file(tmp_pat
     assert not list(tmp_path.glob(".*tmp"))
 
 
+class LingeringEngine(SlowEngine):
+    """Notices a stop only after its current step (a model's forward pass) ends."""
+
+    def __init__(self):
+        super().__init__()
+        self.returned = threading.Event()
+
+    def stream(self, text, voice, should_stop=None):
+        self.started.set()
+        while not should_stop():
+            threading.Event().wait(0.01)
+        threading.Event().wait(0.3)
+        self.returned.set()
+        yield from ()
+
+
+def test_ctrl_c_while_close_waits_for_the_engine_waits_until_it_has_stopped():
+    """An interrupted Thread.join (Python < 3.13) marks a running thread as ended: close() must not
+    trust it, or the command exits while the engine still runs (a C++ abort at interpreter exit)."""
+    engine = LingeringEngine()
+    session = SpeechSession(engine, "v", AudioOutput(16000, speaker=FakeSpeaker()))
+    session.feed("A sentence that the engine is still working on.")
+    session.finish()
+    assert engine.started.wait(5)
+    threading.Timer(0.2, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT)).start()
+    with pytest.raises(KeyboardInterrupt):
+        session.close()
+    assert engine.returned.is_set()
+
+
 def test_after_an_abort_the_next_answer_is_spoken(tmp_path):
     fake = FakeSpeaker()
     session = SpeechSession(PicoEngine(), "en-US", AudioOutput(16000, speaker=fake))

@@ -38,6 +38,9 @@ class SpeechSession:
         self._started = time.perf_counter()
         self._epoch = 0  # bumped by abort(); sentences queued before it are skipped
         self._queue: queue.Queue = queue.Queue()
+        # set when the worker has returned; join() and is_alive() are not relied on: a join that
+        # Ctrl-C interrupts marks a running thread as ended (Python < 3.13)
+        self._worker_done = threading.Event()
         self._worker = threading.Thread(target=self._run, name="speech", daemon=True)
         self._worker.start()
 
@@ -67,15 +70,21 @@ class SpeechSession:
             raise
 
     def _wait_and_release(self) -> None:
-        if self._worker.is_alive():
+        if not self._worker_done.is_set():
             self._queue.put(_END)
-            self._worker.join()
+            self._worker_done.wait()
         self.output.close()
 
     def _put(self, sentence: str) -> None:
         self._queue.put((self._epoch, sentence, time.perf_counter()))
 
     def _run(self) -> None:
+        try:
+            self._speak_queued()
+        finally:
+            self._worker_done.set()
+
+    def _speak_queued(self) -> None:
         while True:
             item = self._queue.get()
             if item is _END:
