@@ -235,6 +235,35 @@ def test_interrupt_cuts_playback_between_slices():
     assert fake.aborted and fake.restarts == 1  # the device buffer was flushed once
 
 
+def test_ctrl_c_while_the_last_audio_plays_closes_the_device_after_the_player_has_stopped(capsys):
+    """As for the session: a Ctrl-C that interrupts close()'s wait must not let the device be closed
+    under the player thread, which is still playing it."""
+    class Speaker(FakeSpeaker):
+        def __init__(self):
+            super().__init__(seconds_per_sample=1 / 16000)  # plays in real time
+            self.in_write = False
+
+        def write(self, data):
+            self.in_write = True
+            super().write(data)
+            self.in_write = False
+
+        def close(self):
+            assert not self.in_write, "closed while the player writes to it"
+            super().close()
+
+    fake = Speaker()
+    output = AudioOutput(16000, speaker=fake)
+    output.write(np.full(16000 * 3, 0.2, dtype=np.float32))
+    threading.Timer(0.25, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT)).start()
+    with pytest.raises(KeyboardInterrupt):
+        output.close()
+    output.interrupt()
+    output.close()
+    threading.Event().wait(0.2)  # a player thread left running would have failed by now
+    assert fake.closed and fake.aborted and "stopped" not in capsys.readouterr().err
+
+
 class BrokenEngine:
     name, sample_rate = "broken", 16000
 

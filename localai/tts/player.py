@@ -87,6 +87,9 @@ class AudioOutput:
         self._silent = False  # interrupted and nothing played since: close() need not drain the device
         self._lock = threading.Lock()  # keeps _epoch and _silent consistent between the two threads
         self._queue: queue.Queue = queue.Queue()
+        # set when the player thread has returned: a join() that Ctrl-C interrupts marks a running
+        # thread as ended (Python < 3.13), so neither join() nor is_alive() is relied on
+        self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, name="audio-output", daemon=True)
         self._thread.start()
 
@@ -113,7 +116,7 @@ class AudioOutput:
         epoch = self._epoch if epoch is None else epoch
         chunk = np.ascontiguousarray(chunk, dtype=np.float32).reshape(-1)
         with self._room:
-            while self._queued >= self.max_queued and self._thread.is_alive():
+            while self._queued >= self.max_queued and not self._done.is_set():
                 self._room.wait(0.1)
             self._queued += len(chunk)
         self._queue.put((epoch, chunk))
@@ -126,9 +129,9 @@ class AudioOutput:
 
     def close(self) -> None:
         """Play and write everything still queued, then release the device and finish the file."""
-        if self._thread.is_alive():
+        if not self._done.is_set():
             self._queue.put(_END)
-            self._thread.join()
+            self._done.wait()
         speaker, self.speaker = self.speaker, None
         if speaker is not None:
             try:
@@ -154,6 +157,12 @@ class AudioOutput:
                                f"use {self.out_flag} FILE.wav to save the audio instead")
 
     def _run(self) -> None:
+        try:
+            self._play_queued()
+        finally:
+            self._done.set()
+
+    def _play_queued(self) -> None:
         while True:
             item = self._queue.get()
             if item is _END:
