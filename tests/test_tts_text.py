@@ -144,6 +144,11 @@ def test_numbers_are_said_in_english():
                                                  "ten thirty pm or twelve o'clock"),
     ("the 1990s and the 80s", "the nineteen nineties and the eighties"),
     ("a .5 chance", "a point five chance"),
+    ("Call 555-1234 or (555) 123-4567.", "Call five five five, one two three four or "
+                                         "five five five, one two three, four five six seven."),
+    ("+1 555-123-4567, 1-800-555-0199 or 555.123.4567",
+     "plus one, five five five, one two three, four five six seven, one, eight zero zero, five five five, "
+     "zero one nine nine or five five five, one two three, four five six seven"),
 ])
 def test_numbers_with_units_ranges_money_dates_and_times(written, spoken):
     assert prepare_for_speech(written) == spoken

@@ -35,6 +35,9 @@ _ISO_DATE = re.compile(r"(?<![\w.-])(\d{4})-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01]
 _TIME = re.compile(r"(?<![\w.:])([01]?\d|2[0-3]):([0-5]\d)(?![:\d])(?P<ampm>\s?[AaPp]\.?[Mm]\b)?")
 _DECIMAL = r"(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?"
 _RANGE = re.compile(rf"(?<![\w.,−-])({_DECIMAL})(-|\s?–\s?)({_DECIMAL})(?![\w−-]|[.,]\d)")
+# 555-1234, 555-123-4567, (555) 123-4567, 555.123.4567, +1 555-123-4567, 1-800-555-1234: digit by digit
+_PHONE = re.compile(r"(?<![\w.,+-])(?:\+\d{1,3}[ -]?|1-)?"
+                    r"(?:\(\d{3}\) ?\d{3}-\d{4}|\d{3}-\d{3}-\d{4}|\d{3}\.\d{3}\.\d{4}|[2-9]\d\d-\d{4})(?![\w-]|[.,]\d)")
 _BARE_FRACTION = re.compile(r"(?<![\w.])\.(\d+)(?![\w.])")  # .5
 _NUMBER = re.compile(
     r"(?<![\w.])(?P<sign>[-−](?=[$€£]?\d))?(?P<currency>[$€£])?(?P<sign2>(?<=[$€£])[-−])?"
@@ -135,6 +138,13 @@ def _say_time(match: re.Match) -> str:
     return words + (f" {match['ampm'].strip()}" if match["ampm"] else "")
 
 
+def _say_phone(match: re.Match) -> str:
+    """'+1 (555) 123-4567' -> 'plus one, five five five, one two three, four five six seven'."""
+    groups = re.findall(r"\d+", match[0])
+    words = ", ".join(" ".join(_ONES[int(d)] for d in group) for group in groups)
+    return ("plus " if match[0].startswith("+") else "") + words
+
+
 def _say_range(match: re.Match) -> str:
     """'10-20' -> '10 to 20' (then said as numbers); '3-2' (a score, say) only loses its hyphen."""
     low, _, high = match.groups()
@@ -187,6 +197,7 @@ def _say_money(words: str, value: int, cents: int | None, scale: str, singular: 
 def verbalize_numbers(text: str) -> str:
     """'3.5%' -> 'three point five percent', '1,200' -> 'one thousand two hundred', '2nd' -> 'second',
     '2024-03-15' -> 'March fifteenth, twenty twenty-four', '10:30' -> 'ten thirty', '5-10' -> 'five to ten'."""
+    text = _PHONE.sub(_say_phone, text)
     text = _VERSION.sub(lambda m: " point ".join(integer_words(int(p)) for p in m[0].split(".")), text)
     text = _ISO_DATE.sub(_say_date, text)
     text = _TIME.sub(_say_time, text)
