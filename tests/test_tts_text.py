@@ -154,6 +154,11 @@ def test_numbers_with_units_ranges_money_dates_and_times(written, spoken):
     assert prepare_for_speech(written) == spoken
 
 
+def test_html_character_references_are_decoded_not_spelled():
+    assert prepare_for_speech("Tom &amp; Jerry&nbsp;say &quot;it&#39;s 5 &lt; 6&quot;.") == 'Tom and Jerry say "it\'s five < six".'
+    assert prepare_for_speech("AT&T and Q&A") == "AT and T and Q and A"
+
+
 def test_control_characters_and_undecodable_bytes_are_not_spoken():
     assert prepare_for_speech("\ufeffHello \ufffd\ufffd world.\x00\x01\x7f\u200b") == "Hello world."
 

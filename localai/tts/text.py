@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import html
 import re
 
 _FENCED_CODE = re.compile(r"```.*?(```|$)|~~~.*?(~~~|$)", re.DOTALL)
@@ -14,6 +15,7 @@ _IMAGE = re.compile(r"!\[([^\]]*)\]\([^)]*\)")
 _LINK = re.compile(r"\[([^\]]+)\]\([^)]*\)")
 _URL = re.compile(r"(?:https?://|www\.)[^\s)\]>]*[^\s)\]>.,;:!?]", re.IGNORECASE)
 _HTML_TAG = re.compile(r"</?[A-Za-z][^>]*>")
+_HTML_ENTITY = re.compile(r"&(?:[A-Za-z][A-Za-z0-9]{1,31}|#[0-9]{1,7}|#[xX][0-9A-Fa-f]{1,6});")  # &amp; &nbsp; &#39;
 _INLINE_CODE = re.compile(r"`([^`]*)`")
 _HEADING = re.compile(r"^\s{0,3}#{1,6}\s*", re.MULTILINE)
 _QUOTE = re.compile(r"^\s{0,3}>\s?", re.MULTILINE)
@@ -51,13 +53,15 @@ _UNSPEAKABLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffd\ufeff\u200b]")
 
 
 def strip_markdown(text: str) -> str:
-    """Plain prose from Markdown: code blocks and URLs dropped, links and emphasis reduced to their words."""
+    """Plain prose from Markdown: code blocks and URLs dropped, links and emphasis reduced to their words,
+    HTML tags dropped and character references (&amp; &nbsp; &#39;) decoded."""
     text = _FENCED_CODE.sub(" ", text)
     text = _INDENTED_CODE.sub(" ", text)
     text = _IMAGE.sub(r"\1", text)
     text = _LINK.sub(r"\1", text)
     text = _URL.sub(" ", text)
     text = _HTML_TAG.sub(" ", text)
+    text = _HTML_ENTITY.sub(lambda m: html.unescape(m[0]), text)  # before "&" is said "and"
     text = _INLINE_CODE.sub(r"\1", text)
     text = _TABLE_DIVIDER.sub(" ", text)
     text = _RULE.sub(" ", text)
