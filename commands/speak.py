@@ -40,6 +40,9 @@ def main(
     if out is not None and not list_voices:  # before the engine loads, not after
         if str(out) == STDOUT and json_output:
             raise UsageError("--json and --out - both write to stdout", "write the WAV to a file, or drop --json")
+        if str(out) == STDOUT and sys.stdout.isatty():
+            raise UsageError("--out - would write the WAV's bytes to the terminal",
+                             "pipe it into a player (`| aplay`) or name a file, e.g. --out speech.wav")
         check_wav_path(out, "--out")
     engine = select_engine(tts, model=tts_model, quantize=quantize)
     if list_voices:

@@ -193,3 +193,19 @@ def test_a_last_word_reaches_stderr_when_the_reader_of_stdout_left(monkeypatch, 
     assert stopped.value.exit_code == (1 if last_word == "fail" else 130)
     assert capsys.readouterr().err.strip() == ("error: boom" if last_word == "fail" else "interrupted")
     assert silenced == [True]
+
+
+def test_speak_refuses_to_write_a_wav_to_a_terminal(localai_home):
+    """`localai speak --out - Hello` typed at a terminal: the WAV's bytes would garble the screen."""
+    import pty
+
+    controller, terminal = pty.openpty()
+    try:
+        done = subprocess.run([sys.executable, "-m", "localai", "speak", "--tts", "fallback", "--out", "-", "Hello."],
+                              stdout=terminal, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+                              timeout=60, cwd=REPO_ROOT)
+    finally:
+        os.close(terminal)
+        os.close(controller)
+    assert done.returncode == 2, done.stderr
+    assert "error: --out - would write the WAV's bytes to the terminal" in done.stderr
