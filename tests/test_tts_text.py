@@ -104,6 +104,24 @@ def test_fenced_code_stays_in_one_piece(fence):
     assert [prepare_for_speech(s) for s in sentences] == ["Run this:", "That prints one."]
 
 
+@pytest.mark.parametrize("step", [1, 10_000])
+def test_a_fence_opens_a_line_and_one_in_prose_holds_nothing_back(step):
+    """Markdown fences start a line (indented up to 3 spaces), the closing one too: "use ``` fences"
+    in prose neither waits for a closing fence nor drops the rest of the answer as code."""
+    prose = "Write blocks with ``` fences. Then more text here. And the end."
+    assert split_streamed(prose, step) == ["Write blocks with ``` fences.", "Then more text here.", "And the end."]
+    assert [prepare_for_speech(s) for s in split_streamed(prose, step)][0] == "Write blocks with fences."
+    indented = "Look:\n  ~~~\na. b. ~~~ c.\n   ~~~\nDone here now."
+    assert split_streamed(indented, step) == ["Look:\n~~~\na. b. ~~~ c.\n   ~~~", "Done here now."]
+    assert prepare_for_speech("Look:\n  ~~~\na. b.\n  ~~~\nDone.") == "Look: Done."
+
+
+def test_html_tags_are_dropped_but_a_comparison_is_no_tag():
+    assert prepare_for_speech("if a<b and c>d then") == "if a<b and c>d then"
+    tags = 'Use <br> or <br/>, <b>bold</b> and <a href="x">a link</a> <img src="a.png" alt="x" />.'
+    assert prepare_for_speech(tags) == "Use or, bold and a link."
+
+
 @pytest.mark.parametrize("step", [7, 10_000])
 def test_run_on_text_is_cut_at_a_comma(step):
     text = ("word " * 30 + ", ") * 4 + "and the end. " + "more " * 50 + "\n```\n" + "code " * 50 + "\n```\n"

@@ -6,7 +6,7 @@ without a space (Chinese, Japanese), or at a line break. Not at abbreviations ("
 decimals ("3.14"), list numbers ("2. item"), except where one that often ends a sentence ("etc.",
 "p.m.") is followed by a capital letter. A period at the very end of the text seen so
 far waits for the next character. Sentences shorter than `min_chars` are held and joined
-with the next one; fenced code blocks (``` or ~~~) stay whole; `flush()` returns whatever is left.
+with the next one; fenced code blocks (``` or ~~~ at the start of a line) stay whole; `flush()` returns whatever is left.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ WIDE_TERMINATORS = "。！？｡"  # end a sentence without a space after them
 TERMINATORS = ".!?…।॥؟" + WIDE_TERMINATORS
 CLOSERS = "\"')]}”’»」』）】》〕"
 FENCES = ("```", "~~~")
+CLOSING_FENCE = {fence: re.compile(rf"\n {{0,3}}{fence}") for fence in FENCES}
 
 
 def _word_before(text: str, end: int) -> str:
@@ -41,16 +42,23 @@ def _is_false_stop(text: str, dot: int) -> bool:
     return text[line_start:dot].strip().isdigit()  # "1. first item"
 
 
-def find_boundary(text: str) -> int | None:
-    """Index just past the first certain sentence end in `text`, or None if none is certain yet."""
+def _opens_a_line(text: str, i: int, at_line_start: bool) -> bool:
+    """Is text[i] the first character of a line but for up to 3 spaces, as a Markdown fence must be?
+    `at_line_start`: whether text[0] begins a line."""
+    line_start = text.rfind("\n", 0, i) + 1
+    return (line_start > 0 or at_line_start) and i - line_start <= 3 and not text[line_start:i].strip(" ")
+
+
+def find_boundary(text: str, at_line_start: bool = True) -> int | None:
+    """Index just past the first certain sentence end in `text`, or None if none is certain yet.
+    `at_line_start`: whether text[0] begins a line (a ``` in the middle of a line is no fence)."""
     i, n = 0, len(text)
     while i < n:
-        if text.startswith(FENCES, i):
-            fence = text[i:i + 3]
-            close = text.find(fence, i + 3)
-            if close < 0:
+        if text.startswith(FENCES, i) and _opens_a_line(text, i, at_line_start):
+            close = CLOSING_FENCE[text[i:i + 3]].search(text, i + 3)  # at the start of a line too
+            if close is None:
                 return None  # wait for the block to close
-            i = close + 3
+            i = close.end()
             continue
         char = text[i]
         if char == "\n":
@@ -84,6 +92,7 @@ class SentenceSplitter:
     def __init__(self, min_chars: int = 12, max_chars: int = 400):
         self.min_chars, self.max_chars = min_chars, max_chars
         self.buffer = ""  # text not yet split
+        self.buffer_opens_a_line = True  # the buffer's first character begins a line of the text
         self.held = ""  # a finished sentence too short to speak alone
 
     def feed(self, delta: str) -> list[str]:
@@ -91,18 +100,20 @@ class SentenceSplitter:
         self.buffer += delta
         sentences = []
         while True:
-            end = find_boundary(self.buffer)
+            end = find_boundary(self.buffer, self.buffer_opens_a_line)
             if end is None or end > self.max_chars:
                 end = self._forced_cut() or end
             if end is None:
                 return sentences
             sentence, self.buffer = self.buffer[:end], self.buffer[end:]
+            self.buffer_opens_a_line = sentence.endswith("\n")
             sentences += self._release(sentence)
 
     def flush(self) -> list[str]:
         """End of text: everything left, as at most one sentence."""
         rest = "\n".join(part.strip() for part in (self.held, self.buffer) if part.strip())
         self.held = self.buffer = ""
+        self.buffer_opens_a_line = True
         return [rest] if rest else []
 
     def _forced_cut(self) -> int | None:

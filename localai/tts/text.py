@@ -9,14 +9,16 @@ from __future__ import annotations
 import html
 import re
 
-_FENCED_CODE = re.compile(r"```.*?(```|$)|~~~.*?(~~~|$)", re.DOTALL)
+# a fence opens a line (indented by at most 3 spaces); "use ``` fences" in prose is no code block
+_FENCED_CODE = re.compile(r"^ {0,3}(```|~~~).*?(?:\n {0,3}\1[^\n]*|\Z)", re.DOTALL | re.MULTILINE)
 _INDENTED_CODE = re.compile(r"^(?: {4}|\t).*$", re.MULTILINE)
 _IMAGE = re.compile(r"!\[([^\]]*)\]\([^)]*\)")
 _LINK = re.compile(r"\[([^\]]+)\]\([^)]*\)")
 _URL = re.compile(r"(?:https?://|www\.)[^\s)\]>]*[^\s)\]>.,;:!?]", re.IGNORECASE)
-_HTML_TAG = re.compile(r"</?[A-Za-z][^>]*>")
+# a tag name, then attributes only where one has a value: "a<b and c>d" is a comparison, no tag
+_HTML_TAG = re.compile(r"</?[A-Za-z][A-Za-z0-9-]*(?:\s+[^<>=]*=[^<>]*)?\s*/?>")
 _HTML_ENTITY = re.compile(r"&(?:[A-Za-z][A-Za-z0-9]{1,31}|#[0-9]{1,7}|#[xX][0-9A-Fa-f]{1,6});")  # &amp; &nbsp; &#39;
-_INLINE_CODE = re.compile(r"`([^`]*)`")
+_INLINE_CODE = re.compile(r"(`+)(.+?)\1")  # `x`, ``a `b` c``
 _HEADING = re.compile(r"^\s{0,3}#{1,6}\s*", re.MULTILINE)
 _QUOTE = re.compile(r"^\s{0,3}>\s?", re.MULTILINE)
 _BULLET = re.compile(r"^\s*(?:[-*+•]|\d+[.)])\s+", re.MULTILINE)
@@ -62,7 +64,7 @@ def strip_markdown(text: str) -> str:
     text = _URL.sub(" ", text)
     text = _HTML_TAG.sub(" ", text)
     text = _HTML_ENTITY.sub(lambda m: html.unescape(m[0]), text)  # before "&" is said "and"
-    text = _INLINE_CODE.sub(r"\1", text)
+    text = _INLINE_CODE.sub(r"\2", text).replace("`", " ")  # backticks left over open nothing
     text = _TABLE_DIVIDER.sub(" ", text)
     text = _RULE.sub(" ", text)
     text = _HEADING.sub("", text)
