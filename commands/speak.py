@@ -75,6 +75,9 @@ def main(
     seconds = output.seconds
     if not session.timings:
         warn("nothing to speak")
+    elif not seconds:  # text to speak, and not a sample of audio for it
+        raise LocalaiError(f"{engine.label} gave no audio for this text",
+                           "it may not speak its language or script: see --list-voices, and --lang")
     info(f"spoke {len(session.timings)} sentence(s), {seconds:.1f} s of audio"
          + (f" -> {shown(out)}" if out else "") + f" [{engine.name}, voice {voice_name}]")
     if json_output:

@@ -317,6 +317,17 @@ def test_speak_quantize_is_refused_or_flagged_where_it_cannot_apply(tmp_path, lo
     assert "--quantize does nothing here" in warned.stderr and "tts: fallback" in warned.stderr
 
 
+def test_text_the_voice_cannot_speak_is_warned_about_and_all_of_it_is_an_error(tmp_path, localai_home):
+    """The offline voice says nothing for Chinese: a warning names the sentence, and when no audio came
+    out at all the command fails instead of reporting "0.0 s of audio" with exit 0."""
+    wav = tmp_path / "x.wav"
+    mixed = runner.invoke(app, ["speak", "--tts", "fallback", "--out", str(wav), "Hello there my friend. 你好，世界。"])
+    assert mixed.exit_code == 0, mixed.stderr
+    assert "gave no audio for '你好，世界。'" in mixed.stderr and "spoke 2 sentence(s)" in mixed.stderr
+    silent = runner.invoke(app, ["speak", "--tts", "fallback", "--out", str(wav), "你好，世界。"])
+    assert silent.exit_code == 1 and "error: PicoTTS (py-nanotts) gave no audio for this text" in silent.stderr
+
+
 def test_speak_voxtral_without_weights_is_one_line(localai_home):
     result = runner.invoke(app, ["speak", "--tts", "voxtral", "Hi."])
     assert result.exit_code == 1

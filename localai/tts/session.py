@@ -37,6 +37,7 @@ class SpeechSession:
         self.error: str | None = None
         self._started = time.perf_counter()
         self._epoch = 0  # bumped by abort(); sentences queued before it are skipped
+        self._said_silent = False  # warned that a sentence gave no audio
         self._queue: queue.Queue = queue.Queue()
         # set when the worker has returned; join() and is_alive() are not relied on: a join that
         # Ctrl-C interrupts marks a running thread as ended (Python < 3.13)
@@ -129,6 +130,9 @@ class SpeechSession:
             "audio_s": round(audio_s, 4),
             "real_time_factor": round(synth_s / audio_s, 4) if audio_s else None,
         })
+        if not samples and not stopped() and not self._said_silent:
+            self._said_silent = True
+            warn(f"{self.engine.label} gave no audio for {text[:40]!r}: it may not speak this language or script")
 
 
 def start_speech(tts: str = "auto", voice: str | None = None, lang: str | None = None,
