@@ -26,7 +26,7 @@ def main(
     from localai.console import info, out as print_data, out_json, warn
     from localai.engine.inputs import utf8_text
     from localai.errors import LocalaiError, UsageError
-    from localai.outfile import STDOUT, shown
+    from localai.outfile import is_stdout, shown
     from localai.tts.engines import choose_voice, select_engine
     from localai.tts.player import open_output
     from localai.tts.session import SpeechSession
@@ -38,10 +38,10 @@ def main(
     for argument in text or []:  # bytes that are not UTF-8 (a Latin-1 shell), before the engine loads
         utf8_text(argument, "the text argument")
     if out is not None and not list_voices:  # before the engine loads, not after
-        if str(out) == STDOUT and json_output:
-            raise UsageError("--json and --out - both write to stdout", "write the WAV to a file, or drop --json")
-        if str(out) == STDOUT and sys.stdout.isatty():
-            raise UsageError("--out - would write the WAV's bytes to the terminal",
+        if is_stdout(out) and json_output:
+            raise UsageError(f"--json and --out {out} both write to stdout", "write the WAV to a file, or drop --json")
+        if is_stdout(out) and sys.stdout.isatty():
+            raise UsageError(f"--out {out} would write the WAV's bytes to the terminal",
                              "pipe it into a player (`| aplay`) or name a file, e.g. --out speech.wav")
         check_wav_path(out, "--out")
     engine = select_engine(tts, model=tts_model, quantize=quantize)

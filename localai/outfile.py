@@ -30,6 +30,17 @@ def shown(path: str | Path) -> str:
     return "stdout" if str(path) == STDOUT else str(path)
 
 
+def is_stdout(path: str | Path) -> bool:
+    """`-`, or a path to what stdout writes to (/dev/stdout, /proc/self/fd/1, the file `>` redirected to)."""
+    if str(path) == STDOUT:
+        return True
+    try:
+        target, ours = os.stat(Path(path).expanduser()), os.fstat(sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # absent, or stdout has no file (a test runner's)
+        return False
+    return (target.st_dev, target.st_ino) == (ours.st_dev, ours.st_ino)
+
+
 def _is_stream(path: Path) -> bool:
     """A pipe, terminal or device: there is nothing to rename over, it is written in place."""
     try:
