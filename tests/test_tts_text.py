@@ -116,6 +116,12 @@ def test_a_fence_opens_a_line_and_one_in_prose_holds_nothing_back(step):
     assert prepare_for_speech("Look:\n  ~~~\na. b.\n  ~~~\nDone.") == "Look: Done."
 
 
+def test_task_boxes_closing_hashes_and_escaped_marks_are_not_spoken():
+    assert prepare_for_speech("- [ ] todo\n- [x] done it") == "todo. done it"
+    assert prepare_for_speech("## Title ##\nBody.") == "Title. Body."
+    assert prepare_for_speech(r"\*x\* and a\_b, \# not a heading") == "x and a b, not a heading"
+
+
 def test_html_tags_are_dropped_but_a_comparison_is_no_tag():
     assert prepare_for_speech("if a<b and c>d then") == "if a<b and c>d then"
     tags = 'Use <br> or <br/>, <b>bold</b> and <a href="x">a link</a> <img src="a.png" alt="x" />.'

@@ -20,8 +20,10 @@ _HTML_TAG = re.compile(r"</?[A-Za-z][A-Za-z0-9-]*(?:\s+[^<>=]*=[^<>]*)?\s*/?>")
 _HTML_ENTITY = re.compile(r"&(?:[A-Za-z][A-Za-z0-9]{1,31}|#[0-9]{1,7}|#[xX][0-9A-Fa-f]{1,6});")  # &amp; &nbsp; &#39;
 _INLINE_CODE = re.compile(r"(`+)(.+?)\1")  # `x`, ``a `b` c``
 _HEADING = re.compile(r"^\s{0,3}#{1,6}\s*", re.MULTILINE)
+_HEADING_CLOSE = re.compile(r"^(\s{0,3}#{1,6}\s.*?)\s+#+[ \t]*$", re.MULTILINE)  # "## Title ##"
 _QUOTE = re.compile(r"^\s{0,3}>\s?", re.MULTILINE)
-_BULLET = re.compile(r"^\s*(?:[-*+•]|\d+[.)])\s+", re.MULTILINE)
+_BULLET = re.compile(r"^\s*(?:[-*+•]|\d+[.)])\s+(?:\[[ xX]\]\s+)?", re.MULTILINE)  # a task's box too
+_ESCAPE = re.compile(r"\\([\\`*_{}\[\]()#+\-.!|>~<])")  # \* is a literal *: no emphasis, no bullet
 _RULE = re.compile(r"^\s*(?:[-*_]\s*){3,}$", re.MULTILINE)
 _TABLE_DIVIDER = re.compile(r"^\s*\|?(?:\s*:?-+:?\s*\|)+\s*:?-*:?\s*$", re.MULTILINE)
 _EMPHASIS = re.compile(r"(?<!\w)(\*\*|__|\*|_|~~)(?=\S)(.+?)(?<=\S)\1(?!\w)")
@@ -59,6 +61,8 @@ def strip_markdown(text: str) -> str:
     HTML tags dropped and character references (&amp; &nbsp; &#39;) decoded."""
     text = _FENCED_CODE.sub(" ", text)
     text = _INDENTED_CODE.sub(" ", text)
+    # an escaped mark is no markup; the marks that are not spoken anyway go, punctuation stays
+    text = _ESCAPE.sub(lambda m: " " if m[1] in "\\`*_[]#|>~<" else m[1], text)
     text = _IMAGE.sub(r"\1", text)
     text = _LINK.sub(r"\1", text)
     text = _URL.sub(" ", text)
@@ -67,7 +71,7 @@ def strip_markdown(text: str) -> str:
     text = _INLINE_CODE.sub(r"\2", text).replace("`", " ")  # backticks left over open nothing
     text = _TABLE_DIVIDER.sub(" ", text)
     text = _RULE.sub(" ", text)
-    text = _HEADING.sub("", text)
+    text = _HEADING.sub("", _HEADING_CLOSE.sub(r"\1", text))
     text = _QUOTE.sub("", text)
     text = _BULLET.sub("", text)
     for _ in range(2):  # nested emphasis, e.g. ***both***
