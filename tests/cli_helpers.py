@@ -48,13 +48,26 @@ def closed_port() -> int:
 
 
 class Terminal:
-    """`localai ARGS` in a fresh process on a pseudo-terminal: what a person at a keyboard sees and does."""
+    """`localai ARGS` in a fresh process on a pseudo-terminal: what a person at a keyboard sees and does.
+    As a context manager it kills the process at the end if it is still running (a failed test)."""
 
     def __init__(self, args, env):
         self.pid, self.fd = pty.fork()
         if self.pid == 0:  # the child: become `localai`
             os.execve(sys.executable, [sys.executable, "-m", "localai", *args], env)
         self.seen, self.cursor = b"", 0
+
+    def __enter__(self) -> "Terminal":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            if os.waitpid(self.pid, os.WNOHANG) == (0, 0):  # still running
+                os.kill(self.pid, 9)
+                os.waitpid(self.pid, 0)
+        except ChildProcessError:  # wait() has reaped it
+            pass
+        os.close(self.fd)
 
     def read_until(self, marker: bytes, timeout: float = 120) -> bytes:
         """Output from after the previous match up to and including `marker`."""

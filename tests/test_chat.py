@@ -294,28 +294,29 @@ def test_a_file_that_is_not_a_conversation_is_refused(tmp_path):
 
 def test_chat_in_a_terminal_streams_keeps_going_after_ctrl_c_and_exits(tiny_llama, tmp_path):
     env = dict(os.environ, LOCALAI_HOME=str(tmp_path / "home"), HF_HUB_OFFLINE="1", TERM="dumb")
-    term = Terminal(["--device", "cpu", "chat", str(tiny_llama), "--temperature", "0", "--max-new-tokens", "300",
-                     "--context", "512"], env)
-    term.read_until(b"> ")
-    term.send(b"Hello\n")
-    answer = term.read_until(b"\n> ")
-    assert answer.startswith(b"Hello\r\n") and len(answer) > len(b"Hello\r\n\r\n> ")
-    saved = tmp_path / "saved.json"
-    term.send(f"/save {saved}\n".encode())
-    term.read_until(b"(saved 2 messages")
-    term.read_until(b"> ")
-    term.press_ctrl_c()  # at the prompt: a fresh prompt, not an exit
-    term.read_until(b"> ")
-    term.send(b"Tell me more\n")
-    term.read_until(b"Tell me more\r\n")
-    term.read_some()
-    term.send(b"\x03")  # while the answer streams: it stops there
-    term.read_until(b"> ")
-    term.send(b"/help\n")
-    term.read_until(b"/reset")
-    term.read_until(b"> ")
-    term.send(b"/exit\n")
-    assert term.wait() == 0
+    args = ["--device", "cpu", "chat", str(tiny_llama), "--temperature", "0", "--max-new-tokens", "300",
+            "--context", "512"]
+    with Terminal(args, env) as term:
+        term.read_until(b"> ")
+        term.send(b"Hello\n")
+        answer = term.read_until(b"\n> ")
+        assert answer.startswith(b"Hello\r\n") and len(answer) > len(b"Hello\r\n\r\n> ")
+        saved = tmp_path / "saved.json"
+        term.send(f"/save {saved}\n".encode())
+        term.read_until(b"(saved 2 messages")
+        term.read_until(b"> ")
+        term.press_ctrl_c()  # at the prompt: a fresh prompt, not an exit
+        term.read_until(b"> ")
+        term.send(b"Tell me more\n")
+        term.read_until(b"Tell me more\r\n")
+        term.read_some()
+        term.send(b"\x03")  # while the answer streams: it stops there
+        term.read_until(b"> ")
+        term.send(b"/help\n")
+        term.read_until(b"/reset")
+        term.read_until(b"> ")
+        term.send(b"/exit\n")
+        assert term.wait() == 0
     assert len(json.loads(saved.read_text())["messages"]) == 2
     assert "Hello" in (tmp_path / "home" / "chat_history").read_text()  # readline history was kept
 

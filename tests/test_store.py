@@ -289,10 +289,10 @@ def test_rm_of_a_linked_model_folder_removes_the_link_only(localai_home, tiny_ll
 def test_ctrl_c_at_the_rm_prompt_exits_130_and_keeps_the_model(imported_model, localai_home):
     from cli_helpers import Terminal
 
-    terminal = Terminal(["rm", "tiny-import"], dict(os.environ, LOCALAI_HOME=str(localai_home)))
-    terminal.read_until(b"[y/N]:")
-    terminal.press_ctrl_c()
-    assert terminal.wait() == 130
+    with Terminal(["rm", "tiny-import"], dict(os.environ, LOCALAI_HOME=str(localai_home))) as terminal:
+        terminal.read_until(b"[y/N]:")
+        terminal.press_ctrl_c()
+        assert terminal.wait() == 130
     assert imported_model.is_dir()
 
 
