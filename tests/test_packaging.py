@@ -4,6 +4,7 @@ until a user installs the wheel."""
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -60,3 +61,13 @@ def test_the_version_and_the_entry_point_match_the_package():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert project["version"] == localai.__version__
     assert project["scripts"] == {"localai": "localai.cli:main"} and callable(cli.main)
+
+
+def test_the_transformers_floor_loads_packed_checkpoints():
+    """transformers 4.x casts every floating tensor of a quantized checkpoint to the load dtype before
+    the module sees it, so the float16 gains (int4: scales, zeros) arrive as float32 or bfloat16 and
+    TurboLinear refuses them: no turboquant or int4_rtn checkpoint loads there. 5.0 keeps them."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    spec = next(dep for dep in project["dependencies"] if re.match(r"transformers\b", dep))
+    floor = re.search(r">=\s*(\d+)", spec)
+    assert floor and int(floor.group(1)) >= 5, spec
