@@ -163,15 +163,23 @@ def quiet_transformers() -> None:
             gguf_utils.tqdm = functools.partial(gguf_utils.tqdm, disable=True)
 
 
+# what a saved tokenizer consists of, one of them at least (fast, sentencepiece, BPE/WordPiece, tiktoken)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "*.tiktoken", "vocab.json",
+                   "vocab.txt", "spiece.model")
+TOKENIZER_HINT = ("The folder needs tokenizer.json (or tokenizer.model) and tokenizer_config.json; "
+                  + DOWNLOAD_HINT)
+
+
 def load_tokenizer(path):
     """The tokenizer saved next to the model (tokenizer.json, tokenizer.model, ...)."""
     from transformers import AutoTokenizer
 
     folder = Path(path)
     read_config(folder)
+    if not any(next(folder.glob(pattern), None) for pattern in TOKENIZER_FILES):
+        # transformers 5.0 and 5.3 (not 5.10) build an empty tokenizer from config.json here: garbage answers
+        raise LocalaiError(f"cannot load the tokenizer in {folder}: it holds no tokenizer file", TOKENIZER_HINT)
     try:
         return AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
     except (ValueError, KeyError, OSError, TypeError) as exc:
-        raise LocalaiError(f"cannot load the tokenizer in {folder}: {first_line(exc)}",
-                           "The folder needs tokenizer.json (or tokenizer.model) and tokenizer_config.json; "
-                           + DOWNLOAD_HINT) from exc
+        raise LocalaiError(f"cannot load the tokenizer in {folder}: {first_line(exc)}", TOKENIZER_HINT) from exc

@@ -92,6 +92,21 @@ def test_missing_tokenizer(tmp_path, tiny_llama):
         load_tokenizer(folder)
 
 
+def test_a_folder_without_tokenizer_files_is_refused_before_transformers_sees_it(tmp_path, tiny_llama,
+                                                                                   monkeypatch):
+    """Some transformers releases build an empty tokenizer from config.json alone, without an error."""
+    import transformers
+
+    from localai.loading import load_tokenizer
+
+    folder = broken_copy(tiny_llama, tmp_path)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (folder / name).unlink()
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: object())
+    with pytest.raises(LocalaiError, match="holds no tokenizer file"):
+        load_tokenizer(folder)
+
+
 def test_load_model_and_tokenizer(tiny_qwen3):
     import torch
 
