@@ -115,10 +115,11 @@ class Terminal:
             pid, status = os.waitpid(self.pid, os.WNOHANG)
             if pid:
                 return os.waitstatus_to_exitcode(status)
-            try:
-                os.read(self.fd, 4096)
-            except OSError:
-                pass
-            time.sleep(0.1)
+            ready, _, _ = select.select([self.fd], [], [], 0.1)  # drain its output, never waiting on it
+            if ready:
+                try:
+                    os.read(self.fd, 4096)
+                except OSError:
+                    pass
         os.kill(self.pid, 9)
         raise AssertionError("localai did not exit")
