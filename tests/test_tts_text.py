@@ -122,6 +122,14 @@ def test_task_boxes_closing_hashes_and_escaped_marks_are_not_spoken():
     assert prepare_for_speech(r"\*x\* and a\_b, \# not a heading") == "x and a b, not a heading"
 
 
+def test_timestamps_and_times_with_seconds_are_said():
+    assert prepare_for_speech("Logged at 2024-03-15T10:30:00Z by the job.") == \
+        "Logged at March fifteenth, twenty twenty-four, ten thirty UTC by the job."
+    assert prepare_for_speech("Built 2024-03-15 14:07:09.123+02:00.") == \
+        "Built March fifteenth, twenty twenty-four, fourteen oh seven and nine seconds."
+    assert prepare_for_speech("It took 3:45:12 in total.") == "It took three forty-five and twelve seconds in total."
+
+
 def test_html_tags_are_dropped_but_a_comparison_is_no_tag():
     assert prepare_for_speech("if a<b and c>d then") == "if a<b and c>d then"
     tags = 'Use <br> or <br/>, <b>bold</b> and <a href="x">a link</a> <img src="a.png" alt="x" />.'

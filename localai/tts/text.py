@@ -38,7 +38,11 @@ _ORDINAL_WORDS = {"one": "first", "two": "second", "three": "third", "five": "fi
 _MONTHS = "_ January February March April May June July August September October November December".split()
 _VERSION = re.compile(r"(?<![\w.])\d+(?:\.\d+){2,}(?!\w|\.\d)")
 _ISO_DATE = re.compile(r"(?<![\w.-])(\d{4})-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])(?![\w-])")
-_TIME = re.compile(r"(?<![\w.:])([01]?\d|2[0-3]):([0-5]\d)(?![:\d])(?P<ampm>\s?[AaPp]\.?[Mm]\b)?")
+_TIME = re.compile(r"(?<![\w.:])([01]?\d|2[0-3]):([0-5]\d)(?::(?P<sec>[0-5]\d))?(?![:\d])"
+                   r"(?P<ampm>\s?[AaPp]\.?[Mm]\b)?")
+# 2024-03-15T10:30:00Z, 2024-03-15 10:30: the date, then the time (seconds' fraction and offset left out)
+_ISO_DATETIME = re.compile(r"(?<![\w.-])(\d{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01]))[T ]"
+                           r"((?:[01]\d|2[0-3]):[0-5]\d(?::[0-5]\d)?)(?:\.\d+)?(?P<zone>Z|[+-]\d\d:?\d\d)?(?![\w:])")
 _DECIMAL = r"(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?"
 _RANGE = re.compile(rf"(?<![\w.,−-])({_DECIMAL})(-|\s?–\s?)({_DECIMAL})(?![\w−-]|[.,]\d)")
 # 555-1234, 555-123-4567, (555) 123-4567, 555.123.4567, +1 555-123-4567, 1-800-555-1234: digit by digit
@@ -145,6 +149,9 @@ def _say_time(match: re.Match) -> str:
         words = integer_words(hours) + ("" if match["ampm"] else " o'clock")
     else:
         words = f"{integer_words(hours)} " + (f"oh {_ONES[minutes]}" if minutes < 10 else integer_words(minutes))
+    if match["sec"] and int(match["sec"]):  # 3:45:12; 10:30:00 is said as 10:30
+        seconds = int(match["sec"])
+        words += f" and {integer_words(seconds)} second" + ("" if seconds == 1 else "s")
     return words + (f" {match['ampm'].strip()}" if match["ampm"] else "")
 
 
@@ -206,9 +213,11 @@ def _say_money(words: str, value: int, cents: int | None, scale: str, singular: 
 
 def verbalize_numbers(text: str) -> str:
     """'3.5%' -> 'three point five percent', '1,200' -> 'one thousand two hundred', '2nd' -> 'second',
-    '2024-03-15' -> 'March fifteenth, twenty twenty-four', '10:30' -> 'ten thirty', '5-10' -> 'five to ten'."""
+    '2024-03-15' -> 'March fifteenth, twenty twenty-four', '10:30' -> 'ten thirty', '5-10' -> 'five to ten',
+    '2024-03-15T10:30:00Z' -> the date, then 'ten thirty UTC'."""
     text = _PHONE.sub(_say_phone, text)
     text = _VERSION.sub(lambda m: " point ".join(integer_words(int(p)) for p in m[0].split(".")), text)
+    text = _ISO_DATETIME.sub(lambda m: f"{m[1]}, {m[2]}" + (" UTC" if m["zone"] == "Z" else ""), text)
     text = _ISO_DATE.sub(_say_date, text)
     text = _TIME.sub(_say_time, text)
     text = _RANGE.sub(_say_range, text)
