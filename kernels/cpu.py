@@ -2,14 +2,15 @@
 
 The native library is compiled on first use with the system C++ compiler (`$CXX`, else
 c++ / g++), `-O3 -march=native -fopenmp`, cached in the folder `cache_dir_provider()`
-names by a hash of source, flags and CPU, and called through ctypes. Its OpenMP calls resolve to the runtime
-torch already loaded, so it shares torch's thread pool. Without a compiler, or with
+names by a hash of source, flags and CPU (and of the built file, checked before each load),
+and called through ctypes. Its OpenMP calls resolve to the runtime torch already loaded, so it shares torch's thread pool. Without a compiler, or with
 LOCALAI_CPU_KERNEL=torch, the chunked torch path runs instead. Neither path builds a full
 dequantized copy of the weight.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -73,6 +74,13 @@ def _default_cache_dir() -> Path:
 cache_dir_provider = _default_cache_dir
 
 
+def _digest(path: Path) -> str:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    except OSError:
+        return ""
+
+
 def build_library(march: str = "native", cache_dir: Path | None = None) -> Path:
     """Compile turbo_cpu.cpp for `march` (or reuse the cached build); returns the .so path."""
     compiler = _compiler()
@@ -84,14 +92,20 @@ def build_library(march: str = "native", cache_dir: Path | None = None) -> Path:
     key = hashlib.sha256(b"\0".join([source, " ".join(flags).encode(), compiler.encode(),
                                      _cpu_fingerprint().encode()])).hexdigest()[:16]
     folder = Path(cache_dir or cache_dir_provider())
-    target = folder / f"turbo_cpu-{march}-{key}.so"
-    if target.exists():
-        return target
+    stem = f"turbo_cpu-{march}-{key}"
+    # a cached build is named by its own digest too: a truncated or damaged file (a crash before the
+    # data reached the disk, a bad copy) crashes dlopen (SIGBUS) or fails it, so it is rebuilt instead
+    for cached in sorted(folder.glob(f"{stem}-*.so")):
+        if cached.name == f"{stem}-{_digest(cached)}.so":
+            return cached
+        with contextlib.suppress(OSError):
+            cached.unlink()
     folder.mkdir(parents=True, exist_ok=True)
-    fd, partial = tempfile.mkstemp(prefix=target.name, suffix=".partial", dir=folder)
+    fd, partial = tempfile.mkstemp(prefix=stem, suffix=".partial", dir=folder)
     os.close(fd)
     try:
         subprocess.run([compiler, *flags, str(SOURCE), "-o", partial], check=True, capture_output=True, text=True)
+        target = folder / f"{stem}-{_digest(Path(partial))}.so"
         os.replace(partial, target)
     except subprocess.CalledProcessError as exc:
         raise RuntimeError(f"compiling the CPU kernel failed: {exc.stderr.strip()[-500:]}") from exc

@@ -126,6 +126,19 @@ def test_build_is_cached_and_atomic(tmp_path):
 
 
 @needs_compiler
+def test_a_truncated_cached_build_is_rebuilt(tmp_path):
+    """A cached library cut short (a crash before it reached the disk) made dlopen fail, or die of
+    SIGBUS, on every run; it is rebuilt instead."""
+    good = cpu.build_library("native", cache_dir=tmp_path).read_bytes()
+    [cached] = tmp_path.iterdir()
+    cached.write_bytes(good[: len(good) // 2])
+    again = cpu.build_library("native", cache_dir=tmp_path)
+    assert len(again.read_bytes()) == len(good)
+    assert cpu.load_library(again).turbo_vector_width() > 0
+    assert [f.name for f in tmp_path.iterdir()] == [again.name]
+
+
+@needs_compiler
 @pytest.mark.parametrize("k", [576, 1536, 100])
 def test_native_rotation_matches_torch(k):
     block = 64 if k == 576 else 128
