@@ -17,6 +17,7 @@ import hashlib
 import os
 import platform
 import shutil
+import stat
 import subprocess
 import tempfile
 import warnings
@@ -91,8 +92,30 @@ def build_library(march: str = "native", cache_dir: Path | None = None) -> Path:
     source = SOURCE.read_bytes()
     key = hashlib.sha256(b"\0".join([source, " ".join(flags).encode(), compiler.encode(),
                                      _cpu_fingerprint().encode()])).hexdigest()[:16]
-    folder = Path(cache_dir or cache_dir_provider())
     stem = f"turbo_cpu-{march}-{key}"
+    if cache_dir is not None:
+        return _cached_or_built(Path(cache_dir), stem, [compiler, *flags, str(SOURCE), "-o"])
+    try:
+        return _cached_or_built(Path(cache_dir_provider()), stem, [compiler, *flags, str(SOURCE), "-o"])
+    except OSError:
+        # the cache cannot be written (a read-only LOCALAI_HOME, a full or foreign folder): build in
+        # a private temporary folder rather than run every command on the slower torch path
+        return _cached_or_built(private_temp_dir(), stem, [compiler, *flags, str(SOURCE), "-o"])
+
+
+def private_temp_dir() -> Path:
+    """This user's folder for kernel builds under the temp dir; refused if anyone else could have
+    written into it (a library planted there would be loaded)."""
+    uid = os.getuid() if hasattr(os, "getuid") else None
+    folder = Path(tempfile.gettempdir()) / f"localai-kernels-{uid if uid is not None else 'user'}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    info = folder.lstat()
+    if not stat.S_ISDIR(info.st_mode) or (uid is not None and (info.st_uid != uid or info.st_mode & 0o022)):
+        raise PermissionError(f"{folder} is not a private folder of this user")
+    return folder
+
+
+def _cached_or_built(folder: Path, stem: str, command: list[str]) -> Path:
     # a cached build is named by its own digest too: a truncated or damaged file (a crash before the
     # data reached the disk, a bad copy) crashes dlopen (SIGBUS) or fails it, so it is rebuilt instead
     for cached in sorted(folder.glob(f"{stem}-*.so")):
@@ -104,7 +127,7 @@ def build_library(march: str = "native", cache_dir: Path | None = None) -> Path:
     fd, partial = tempfile.mkstemp(prefix=stem, suffix=".partial", dir=folder)
     os.close(fd)
     try:
-        subprocess.run([compiler, *flags, str(SOURCE), "-o", partial], check=True, capture_output=True, text=True)
+        subprocess.run([*command, partial], check=True, capture_output=True, text=True)
         target = folder / f"{stem}-{_digest(Path(partial))}.so"
         os.replace(partial, target)
     except subprocess.CalledProcessError as exc:

@@ -8,6 +8,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -137,6 +138,21 @@ def test_a_truncated_cached_build_is_rebuilt(tmp_path):
     assert cpu.load_library(again).turbo_vector_width() > 0
     assert [f.name for f in tmp_path.iterdir()] == [again.name]
 
+
+
+@needs_compiler
+def test_an_unwritable_cache_builds_in_a_private_temp_folder(tmp_path, monkeypatch):
+    """A read-only LOCALAI_HOME (here: a folder that cannot be created) ran every command on the
+    slower torch path."""
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setattr(cpu, "cache_dir_provider", lambda: tmp_path / "a-file" / "kernels")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    built = cpu.build_library("native")
+    assert built.parent == cpu.private_temp_dir() and built.parent.parent == tmp_path / "tmp"
+    assert cpu.load_library(built).turbo_vector_width() > 0
+    if hasattr(os, "getuid"):
+        assert built.parent.stat().st_mode & 0o077 == 0
 
 @needs_compiler
 @pytest.mark.parametrize("k", [576, 1536, 100])
