@@ -115,6 +115,13 @@ def private_temp_dir() -> Path:
     return folder
 
 
+def _first_error(output: str) -> str:
+    """One line of a compiler's output for a one-line warning: its first error, else its last line."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    errors = [line for line in lines if "error" in line.lower()]
+    return (errors[0] if errors else lines[-1] if lines else "no output")[:300]
+
+
 def _cached_or_built(folder: Path, stem: str, command: list[str]) -> Path:
     # a cached build is named by its own digest too: a truncated or damaged file (a crash before the
     # data reached the disk, a bad copy) crashes dlopen (SIGBUS) or fails it, so it is rebuilt instead
@@ -131,7 +138,7 @@ def _cached_or_built(folder: Path, stem: str, command: list[str]) -> Path:
         target = folder / f"{stem}-{_digest(Path(partial))}.so"
         os.replace(partial, target)
     except subprocess.CalledProcessError as exc:
-        raise RuntimeError(f"compiling the CPU kernel failed: {exc.stderr.strip()[-500:]}") from exc
+        raise RuntimeError(f"compiling the CPU kernel with {command[0]} failed: {_first_error(exc.stderr)}") from exc
     finally:
         if os.path.exists(partial):
             os.unlink(partial)

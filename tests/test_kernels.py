@@ -140,6 +140,21 @@ def test_a_truncated_cached_build_is_rebuilt(tmp_path):
 
 
 
+
+def test_a_failed_compile_is_told_in_one_line(tmp_path, monkeypatch):
+    """The warning carried the compiler's last 500 characters, several lines of them, on stderr."""
+    compiler = tmp_path / "cxx"
+    compiler.write_text("#!/bin/sh\necho 'In file included from turbo_cpu.cpp:3:' >&2\n"
+                        "echo 'x.h:1:10: fatal error: omp.h: No such file or directory' >&2\n"
+                        "echo '    1 | #include <omp.h>' >&2\necho 'compilation terminated.' >&2\nexit 1\n")
+    compiler.chmod(0o755)
+    monkeypatch.setattr(cpu, "_compiler", lambda: str(compiler))
+    with pytest.raises(RuntimeError) as failed:
+        cpu.build_library("native", cache_dir=tmp_path / "cache")
+    assert str(failed.value) == (f"compiling the CPU kernel with {compiler} failed: "
+                                 "x.h:1:10: fatal error: omp.h: No such file or directory")
+    assert list((tmp_path / "cache").iterdir()) == []
+
 @needs_compiler
 def test_an_unwritable_cache_builds_in_a_private_temp_folder(tmp_path, monkeypatch):
     """A read-only LOCALAI_HOME (here: a folder that cannot be created) ran every command on the
