@@ -66,13 +66,21 @@ def _cpu_fingerprint() -> str:
     return "\n".join(sorted(set(lines)))
 
 
-def _default_cache_dir() -> Path:
-    return Path(tempfile.gettempdir()) / "localai-kernels"
+def private_temp_dir() -> Path:
+    """This user's folder for kernel builds under the temp dir; refused if anyone else could have
+    written into it (a library planted there would be loaded)."""
+    uid = os.getuid() if hasattr(os, "getuid") else None
+    folder = Path(tempfile.gettempdir()) / f"localai-kernels-{uid if uid is not None else 'user'}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    info = folder.lstat()
+    if not stat.S_ISDIR(info.st_mode) or (uid is not None and (info.st_uid != uid or info.st_mode & 0o022)):
+        raise PermissionError(f"{folder} is not a private folder of this user")
+    return folder
 
 
 # where compiled libraries are kept; the library that uses these kernels points it at its own
 # cache (localai.quant.linear: LOCALAI_HOME/kernels)
-cache_dir_provider = _default_cache_dir
+cache_dir_provider = private_temp_dir
 
 
 def _digest(path: Path) -> str:
@@ -101,18 +109,6 @@ def build_library(march: str = "native", cache_dir: Path | None = None) -> Path:
         # the cache cannot be written (a read-only LOCALAI_HOME, a full or foreign folder): build in
         # a private temporary folder rather than run every command on the slower torch path
         return _cached_or_built(private_temp_dir(), stem, [compiler, *flags, str(SOURCE), "-o"])
-
-
-def private_temp_dir() -> Path:
-    """This user's folder for kernel builds under the temp dir; refused if anyone else could have
-    written into it (a library planted there would be loaded)."""
-    uid = os.getuid() if hasattr(os, "getuid") else None
-    folder = Path(tempfile.gettempdir()) / f"localai-kernels-{uid if uid is not None else 'user'}"
-    folder.mkdir(mode=0o700, exist_ok=True)
-    info = folder.lstat()
-    if not stat.S_ISDIR(info.st_mode) or (uid is not None and (info.st_uid != uid or info.st_mode & 0o022)):
-        raise PermissionError(f"{folder} is not a private folder of this user")
-    return folder
 
 
 def _first_error(output: str) -> str:

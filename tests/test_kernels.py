@@ -155,6 +155,22 @@ def test_a_failed_compile_is_told_in_one_line(tmp_path, monkeypatch):
                                  "x.h:1:10: fatal error: omp.h: No such file or directory")
     assert list((tmp_path / "cache").iterdir()) == []
 
+
+@pytest.mark.skipif(not hasattr(os, "getuid"), reason="POSIX owners and modes")
+def test_the_default_cache_is_private(tmp_path, monkeypatch):
+    """It was one shared temp folder, writable by whoever made it first: another user could leave a
+    library there for everyone's next build to load."""
+    code = "from localai.kernels import cpu; print(cpu.cache_dir_provider())"  # without localai's own cache
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            env=dict(os.environ, TMPDIR=str(tmp_path)))
+    folder = Path(result.stdout.strip())
+    assert folder.parent == tmp_path and folder.stat().st_uid == os.getuid()
+    assert folder.stat().st_mode & 0o077 == 0
+    folder.chmod(0o777)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with pytest.raises(PermissionError):
+        cpu.private_temp_dir()
+
 @needs_compiler
 def test_an_unwritable_cache_builds_in_a_private_temp_folder(tmp_path, monkeypatch):
     """A read-only LOCALAI_HOME (here: a folder that cannot be created) ran every command on the
