@@ -1,9 +1,10 @@
 """The CPU path: a small native kernel (kernels/turbo_cpu.cpp) with a chunked torch fallback.
 
-The native library is compiled on first use with the system C++ compiler (`$CXX`, else
-c++ / g++), `-O3 -march=native -fopenmp`, cached in the folder `cache_dir_provider()`
-names by a hash of source, flags and CPU (and of the built file, checked before each load),
-and called through ctypes. Its OpenMP calls resolve to the runtime torch already loaded, so it shares torch's thread pool. Without a compiler, or with
+The native library is compiled on first use with the system C++ compiler (`$CXX`, which may
+carry arguments such as `ccache g++`, else c++ / g++), `-O3 -march=native -fopenmp`, cached in
+the folder `cache_dir_provider()` names by a hash of source, flags and CPU (and of the built
+file, checked before each load), and called through ctypes. Its OpenMP calls resolve to the
+runtime torch already loaded, so it shares torch's thread pool. Without a compiler, or with
 LOCALAI_CPU_KERNEL=torch, the chunked torch path runs instead. Neither path builds a full
 dequantized copy of the weight.
 """
@@ -16,6 +17,7 @@ import functools
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import stat
 import subprocess
@@ -49,10 +51,14 @@ _FUNCTIONS = {
 }
 
 
-def _compiler() -> str | None:
-    for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
-        if name and shutil.which(name):
-            return shutil.which(name)
+def _compiler() -> list[str] | None:
+    """The compiler command: $CXX split like a shell would (`ccache g++`), else the first found."""
+    custom = shlex.split(os.environ.get("CXX", ""))
+    if custom and shutil.which(custom[0]):
+        return [shutil.which(custom[0]), *custom[1:]]
+    for name in ("c++", "g++", "clang++"):
+        if shutil.which(name):
+            return [shutil.which(name)]
     return None
 
 
@@ -98,17 +104,17 @@ def build_library(march: str = "native", cache_dir: Path | None = None) -> Path:
     levels = ",".join(f"{v!r}f" for v in LEVELS_4BIT)
     flags = ["-O3", f"-march={march}", "-fopenmp", "-shared", "-fPIC", "-std=c++17", f"-DTURBO_LEVELS={levels}"]
     source = SOURCE.read_bytes()
-    key = hashlib.sha256(b"\0".join([source, " ".join(flags).encode(), compiler.encode(),
+    key = hashlib.sha256(b"\0".join([source, " ".join(flags).encode(), " ".join(compiler).encode(),
                                      _cpu_fingerprint().encode()])).hexdigest()[:16]
     stem = f"turbo_cpu-{march}-{key}"
     if cache_dir is not None:
-        return _cached_or_built(Path(cache_dir), stem, [compiler, *flags, str(SOURCE), "-o"])
+        return _cached_or_built(Path(cache_dir), stem, [*compiler, *flags, str(SOURCE), "-o"])
     try:
-        return _cached_or_built(Path(cache_dir_provider()), stem, [compiler, *flags, str(SOURCE), "-o"])
+        return _cached_or_built(Path(cache_dir_provider()), stem, [*compiler, *flags, str(SOURCE), "-o"])
     except OSError:
         # the cache cannot be written (a read-only LOCALAI_HOME, a full or foreign folder): build in
         # a private temporary folder rather than run every command on the slower torch path
-        return _cached_or_built(private_temp_dir(), stem, [compiler, *flags, str(SOURCE), "-o"])
+        return _cached_or_built(private_temp_dir(), stem, [*compiler, *flags, str(SOURCE), "-o"])
 
 
 def _first_error(output: str) -> str:

@@ -148,7 +148,7 @@ def test_a_failed_compile_is_told_in_one_line(tmp_path, monkeypatch):
                         "echo 'x.h:1:10: fatal error: omp.h: No such file or directory' >&2\n"
                         "echo '    1 | #include <omp.h>' >&2\necho 'compilation terminated.' >&2\nexit 1\n")
     compiler.chmod(0o755)
-    monkeypatch.setattr(cpu, "_compiler", lambda: str(compiler))
+    monkeypatch.setattr(cpu, "_compiler", lambda: [str(compiler)])
     with pytest.raises(RuntimeError) as failed:
         cpu.build_library("native", cache_dir=tmp_path / "cache")
     assert str(failed.value) == (f"compiling the CPU kernel with {compiler} failed: "
@@ -170,6 +170,16 @@ def test_the_default_cache_is_private(tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     with pytest.raises(PermissionError):
         cpu.private_temp_dir()
+
+
+def test_cxx_may_carry_arguments(tmp_path, monkeypatch):
+    """CXX="ccache g++" (a launcher and its compiler) was not found on PATH as one name and was
+    passed over for c++ without a word."""
+    launcher = tmp_path / "launcher"
+    launcher.write_text("#!/bin/sh\n")
+    launcher.chmod(0o755)
+    monkeypatch.setenv("CXX", f"{launcher} g++ -Wall")
+    assert cpu._compiler() == [str(launcher), "g++", "-Wall"]
 
 @needs_compiler
 def test_an_unwritable_cache_builds_in_a_private_temp_folder(tmp_path, monkeypatch):
