@@ -38,7 +38,8 @@ def is_stdout(path: str | Path) -> bool:
         target, ours = os.stat(Path(path).expanduser()), os.fstat(sys.stdout.fileno())
     except (OSError, ValueError, AttributeError):  # absent, or stdout has no file (a test runner's)
         return False
-    return (target.st_dev, target.st_ino) == (ours.st_dev, ours.st_ino)
+    # Windows gives pipes and devices no file id (st_ino 0): two of them are not known to be one
+    return ours.st_ino != 0 and (target.st_dev, target.st_ino) == (ours.st_dev, ours.st_ino)
 
 
 def _is_stream(path: Path) -> bool:

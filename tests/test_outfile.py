@@ -119,3 +119,20 @@ def test_a_regular_file_that_fails_with_einval_on_windows_is_a_failure(tmp_path,
         with out:
             out.write(b"RIFF")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_stdout_by_another_name_is_known_by_its_file_id_and_never_by_an_absent_one(tmp_path, monkeypatch):
+    """/dev/stdout or the file stdout goes to is stdout; on Windows a pipe and the NUL device both have
+    file id 0, which says nothing about being one file."""
+    from localai.outfile import is_stdout
+
+    redirected, other = tmp_path / "out.txt", tmp_path / "other.txt"
+    other.write_text("")
+    with open(redirected, "w") as stream:
+        monkeypatch.setattr(sys, "stdout", stream)
+        assert is_stdout("-") and is_stdout(redirected) and not is_stdout(other)
+        assert not is_stdout(tmp_path / "absent.txt")
+        no_id = os.stat_result((stat.S_IFIFO, 0, 0, 1, 0, 0, 0, 0, 0, 0))  # mode, ino, dev, ...
+        monkeypatch.setattr(os, "fstat", lambda fd: no_id)
+        monkeypatch.setattr(os, "stat", lambda path, *args, **kwargs: no_id)
+        assert not is_stdout("NUL")
