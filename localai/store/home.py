@@ -202,11 +202,6 @@ def is_store_model(folder: Path) -> bool:
     return (Path(folder) / METADATA_FILE).is_file()
 
 
-def imported_models() -> list[Path]:
-    """The store's model folders under LOCALAI_HOME/models."""
-    return [folder for folder in store_folders() if is_store_model(folder)]
-
-
 def find_imported(name: str) -> Optional[Path]:
     """The store folder named exactly `name` (any case); a name that safe_name would change is
     no store name ('my-model?' must not find, or remove, 'my-model')."""

@@ -9,8 +9,8 @@ from typing import Optional
 
 from localai.errors import LocalaiError
 from localai.store.aliases import alias_for_repo, lookup_alias
-from localai.store.home import (METADATA_FILE, folder_size, imported_models, is_store_model, read_metadata,
-                                remove_tree, store_folders)
+from localai.store.home import (METADATA_FILE, folder_size, is_store_model, read_metadata, remove_tree,
+                                store_folders)
 
 
 @dataclass
@@ -47,11 +47,11 @@ def describe_quantization(folder: Path) -> str:
 def _imported_entries() -> list[ModelEntry]:
     from localai.console import verbose
 
+    entries = []
     for folder in store_folders():
         if not is_store_model(folder):  # `where` and `rm` would not know it either
             verbose(f"not listed: {folder} is not a localai model folder (no {METADATA_FILE})")
-    entries = []
-    for folder in imported_models():
+            continue
         meta = read_metadata(folder)
         entries.append(ModelEntry(
             name=folder.name, source=meta.get("source", "unknown"), path=str(folder),
