@@ -47,7 +47,8 @@ def main(
     if piped == "":
         raise UsageError("nothing to answer on stdin", "pipe a message in, or run in a terminal to chat")
     conversation = Conversation(system=system)
-    if history and Path(history).expanduser().exists() and Path(history).expanduser().stat().st_size:
+    history_file = Path(history).expanduser() if history else None
+    if history_file is not None and history_file.exists() and history_file.stat().st_size:
         # an empty file (`--history "$(mktemp)"`, `touch chat.json`) starts a new conversation
         conversation = Conversation.load(history, "--history")
         conversation.system = system or conversation.system
@@ -76,7 +77,7 @@ def main(
     try:
         plan = engine.plan_for([Request([0])], batch_size=1, max_ctx=context)
         _check_room(max_new_tokens, plan.max_ctx)
-        repl = ChatRepl(engine, conversation, params, plan, history_file=Path(history) if history else None,
+        repl = ChatRepl(engine, conversation, params, plan, history_file=history_file,
                         notice=note, tee=[speech] if speech else None)
         if piped is not None:
             repl.answer(piped)

@@ -38,9 +38,10 @@ def main(
     for argument in text or []:  # bytes that are not UTF-8 (a Latin-1 shell), before the engine loads
         utf8_text(argument, "the text argument")
     if out is not None and not list_voices:  # before the engine loads, not after
-        if is_stdout(out) and json_output:
+        to_stdout = is_stdout(out)
+        if to_stdout and json_output:
             raise UsageError(f"--json and --out {out} both write to stdout", "write the WAV to a file, or drop --json")
-        if is_stdout(out) and sys.stdout.isatty():
+        if to_stdout and sys.stdout.isatty():
             raise UsageError(f"--out {out} would write the WAV's bytes to the terminal",
                              "pipe it into a player (`| aplay`) or name a file, e.g. --out speech.wav")
         check_wav_path(out, "--out")

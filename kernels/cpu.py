@@ -106,15 +106,15 @@ def build_library(march: str = "native", cache_dir: Path | None = None) -> Path:
     source = SOURCE.read_bytes()
     key = hashlib.sha256(b"\0".join([source, " ".join(flags).encode(), " ".join(compiler).encode(),
                                      _cpu_fingerprint().encode()])).hexdigest()[:16]
-    stem = f"turbo_cpu-{march}-{key}"
+    stem, command = f"turbo_cpu-{march}-{key}", [*compiler, *flags, str(SOURCE), "-o"]
     if cache_dir is not None:
-        return _cached_or_built(Path(cache_dir), stem, [*compiler, *flags, str(SOURCE), "-o"])
+        return _cached_or_built(Path(cache_dir), stem, command)
     try:
-        return _cached_or_built(Path(cache_dir_provider()), stem, [*compiler, *flags, str(SOURCE), "-o"])
+        return _cached_or_built(Path(cache_dir_provider()), stem, command)
     except OSError:
         # the cache cannot be written (a read-only LOCALAI_HOME, a full or foreign folder): build in
         # a private temporary folder rather than run every command on the slower torch path
-        return _cached_or_built(private_temp_dir(), stem, [*compiler, *flags, str(SOURCE), "-o"])
+        return _cached_or_built(private_temp_dir(), stem, command)
 
 
 def _first_error(output: str) -> str:

@@ -133,11 +133,10 @@ def prepare(o: BenchOptions) -> Prepared:
 def _workload(o: BenchOptions, facts: ModelFacts, path: Path) -> Workload:
     if o.prompts is None:
         input_len = DEFAULT_INPUT_LEN if o.input_len is None else o.input_len
-        check_lengths(DEFAULT_REQUESTS if o.num_requests is None else o.num_requests, input_len, o.output_len)
+        num_requests = DEFAULT_REQUESTS if o.num_requests is None else o.num_requests
+        check_lengths(num_requests, input_len, o.output_len)  # before check_fits: a bad length says so first
         check_fits(input_len, o.output_len, facts.max_positions)
-        return random_workload(facts.vocab_size, facts.special_ids,
-                               DEFAULT_REQUESTS if o.num_requests is None else o.num_requests,
-                               input_len, o.output_len, o.seed)
+        return random_workload(facts.vocab_size, facts.special_ids, num_requests, input_len, o.output_len, o.seed)
     from localai.loading import load_tokenizer
 
     tokenizer = load_tokenizer(path)
